@@ -1,0 +1,86 @@
+"""Training objectives for next-item prediction with sampled negatives, and the negative samplers."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_recommender import SequentialRecommenderConfig
+
+
+def sample_negatives(
+    positive_ids: torch.Tensor, num_negatives: int, num_items: int, strategy: str = "uniform"
+) -> torch.Tensor:
+    """Negative item ids for each positive.
+
+    Args:
+        positive_ids: (P,) the target item of every supervised position.
+        num_negatives: R negatives per position.
+        num_items: catalogue size; uniform negatives are drawn from 1..num_items.
+        strategy: "uniform" over the catalogue, or "in_batch": drawn from the positives of this batch.
+
+    Returns:
+        (P, R) int64 item ids. A negative may equal its positive; the losses mask those out.
+    """
+    shape = (positive_ids.shape[0], num_negatives)
+    if strategy == "in_batch":
+        picks = torch.randint(0, positive_ids.shape[0], shape, device=positive_ids.device)
+        return positive_ids[picks]
+    return torch.randint(1, num_items + 1, shape, device=positive_ids.device)
+
+
+class NegativeSamplingLoss(nn.Module):
+    """Scores each supervised position's positive and its sampled negatives; subclasses turn that into a loss."""
+
+    num_negatives_per_positive: int | None = None
+
+    def __init__(self, config: SequentialRecommenderConfig) -> None:
+        super().__init__()
+        self.num_negatives = self.num_negatives_per_positive or config.num_negatives
+        self.num_items = config.num_items
+        self.negative_sampling = config.negative_sampling
+        self.temperature = config.temperature
+
+    def candidate_logits(
+        self,
+        user_embeddings: torch.Tensor,
+        positive_ids: torch.Tensor,
+        item_embeddings: nn.Embedding,
+        similarity: nn.Module,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (P, 1 + R) of [positive, negatives] / temperature, and the (P, R) mask of negatives equal to
+        their positive (false negatives)."""
+        negative_ids = sample_negatives(positive_ids, self.num_negatives, self.num_items, self.negative_sampling)
+        candidate_ids = torch.cat([positive_ids.unsqueeze(1), negative_ids], dim=1)
+        logits = similarity(user_embeddings, item_embeddings(candidate_ids)) / self.temperature
+        return logits, negative_ids == positive_ids.unsqueeze(1)
+
+
+class SampledSoftmaxLoss(NegativeSamplingLoss):
+    """Cross-entropy of the positive against R sampled negatives, averaged over positions."""
+
+    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity) -> torch.Tensor:
+        """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""
+        logits, false_negatives = self.candidate_logits(user_embeddings, positive_ids, item_embeddings, similarity)
+        logits = logits.masked_fill(F.pad(false_negatives, (1, 0), value=False), torch.finfo(logits.dtype).min)
+        return F.cross_entropy(logits, torch.zeros_like(positive_ids))
+
+
+class BinaryCrossEntropyLoss(NegativeSamplingLoss):
+    """Binary cross-entropy with one sampled negative per positive (a negative equal to its positive is skipped)."""
+
+    num_negatives_per_positive = 1
+
+    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity) -> torch.Tensor:
+        """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""
+        logits, false_negatives = self.candidate_logits(user_embeddings, positive_ids, item_embeddings, similarity)
+        targets = torch.zeros_like(logits)
+        targets[:, 0] = 1.0
+        weights = (~F.pad(false_negatives, (1, 0), value=False)).to(logits.dtype)
+        return (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights).sum(1).mean()
+
+
+def build_loss(config: SequentialRecommenderConfig) -> nn.Module:
+    """The loss named by `config.loss`."""
+    if config.loss == "bce":
+        return BinaryCrossEntropyLoss(config)
+    return SampledSoftmaxLoss(config)

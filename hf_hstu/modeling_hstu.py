@@ -1,0 +1,159 @@
+"""HSTU: Hierarchical Sequential Transduction Units (Zhai et al., "Actions Speak Louder than Words", ICML 2024),
+following the research code's math (generative_recommenders/research/modeling/sequential/hstu.py)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_hstu import HSTUConfig
+from .hstu_attention import RelativeBucketedTimeAndPositionBias, hstu_attention_forward
+from .modeling_recommender import (
+    RecommendationOutput,
+    SequentialRecommenderOutput,
+    SequentialRecommenderPreTrainedModel,
+)
+
+try:  # registers the "hstu_triton" attention backend where triton is installed
+    from .triton_hstu_attention import hstu_triton_attention_forward  # noqa: F401
+except ImportError:
+    pass
+
+
+class HSTUAttention(nn.Module):
+    """One HSTU layer: pointwise (SiLU) attention with relative bias, gated by u, with a residual connection.
+
+    x̂ = LayerNorm(x); u, v, q, k = split(SiLU(x̂ W)); a = (SiLU(q kᵀ + rab) / n) v;
+    y = x + Linear(Dropout(u * LayerNorm(a))).
+    """
+
+    def __init__(self, config: HSTUConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.attention_dim = config.attention_dim
+        self.linear_dim = config.linear_dim
+        self.eps = config.layer_norm_eps
+        self.uvqk_proj = nn.Linear(
+            config.hidden_size, 2 * self.num_heads * (self.linear_dim + self.attention_dim), bias=False
+        )
+        self.relative_bias = RelativeBucketedTimeAndPositionBias(
+            config.max_tokens, config.num_time_buckets, config.use_position_bias, config.use_time_bias
+        )
+        gated_dim = self.num_heads * self.linear_dim * (3 if config.concat_ua else 1)
+        self.o_proj = nn.Linear(gated_dim, config.hidden_size)
+        self.dropout = nn.Dropout(config.linear_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        key_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        bias_cache: dict,
+    ) -> torch.Tensor:
+        """(B, T, D) right-padded hidden states -> (B, T, D)."""
+        batch_size, seq_len, _ = hidden_states.shape
+        normed = F.layer_norm(hidden_states, (hidden_states.shape[-1],), eps=self.eps)
+        value_dim = self.num_heads * self.linear_dim
+        qk_dim = self.num_heads * self.attention_dim
+        u, value, query, key = F.silu(self.uvqk_proj(normed)).split([value_dim, value_dim, qk_dim, qk_dim], dim=-1)
+        query = query.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
+        key = key.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
+        value = value.view(batch_size, seq_len, self.num_heads, self.linear_dim).transpose(1, 2)
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, hstu_attention_forward
+        )
+        attn_output, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            normalization=self.config.attention_normalization,
+            position_weights=self.relative_bias.position_weights,
+            time_weights=self.relative_bias.time_weights,
+            query_timestamps=query_timestamps,
+            key_timestamps=key_timestamps,
+            num_buckets=self.config.num_time_buckets,
+            bucket_divisor=self.config.time_bucket_divisor,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            bias_cache=bias_cache,
+        )
+        attn_output = F.layer_norm(attn_output.reshape(batch_size, seq_len, value_dim), (value_dim,), eps=self.eps)
+        gated = torch.cat([u, attn_output, u * attn_output], dim=-1) if self.config.concat_ua else u * attn_output
+        return hidden_states + self.o_proj(self.dropout(gated))
+
+
+class HSTUDecoderLayer(GradientCheckpointingLayer):
+    """An HSTU layer that keeps padding positions at zero (HSTU has no FFN and no final norm)."""
+
+    def __init__(self, config: HSTUConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention = HSTUAttention(config, layer_idx)
+
+    def forward(self, hidden_states, attention_mask, key_timestamps, query_timestamps, bias_cache) -> torch.Tensor:
+        hidden_states = self.attention(hidden_states, attention_mask, key_timestamps, query_timestamps, bias_cache)
+        return hidden_states * attention_mask.unsqueeze(-1)
+
+
+class HSTUPreTrainedModel(SequentialRecommenderPreTrainedModel):
+    config: HSTUConfig
+    config_class = HSTUConfig
+    _no_split_modules = ["HSTUDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, RelativeBucketedTimeAndPositionBias):
+            for weights in (module.position_weights, module.time_weights):
+                if weights is not None:
+                    init.normal_(weights, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, HSTUAttention):
+            init.xavier_uniform_(module.o_proj.weight)
+
+
+class HSTUModel(HSTUPreTrainedModel):
+    """HSTU sequential recommender: item embeddings -> input preprocessor -> HSTU layers -> output postprocessor.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_hstu import HSTUConfig, HSTUModel
+    >>> model = HSTUModel(HSTUConfig(num_items=100, max_seq_len=20, hidden_size=16, attention_dim=8, linear_dim=8))
+    >>> ids = torch.tensor([[3, 7, 9]]); ts = torch.tensor([[1000, 2000, 3000]])
+    >>> model(input_ids=ids, timestamps=ts, labels=ids).loss.shape
+    torch.Size([])
+    >>> model.recommend(input_ids=ids, timestamps=ts, target_timestamps=torch.tensor([4000]), k=5).item_ids.shape
+    torch.Size([1, 5])
+    ```
+    """
+
+    def __init__(self, config: HSTUConfig) -> None:
+        super().__init__(config)
+        self.layers = nn.ModuleList([HSTUDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @property
+    def requires_timestamps(self) -> bool:
+        return self.config.use_time_bias
+
+    @property
+    def requires_target_timestamps(self) -> bool:
+        return self.config.use_time_bias
+
+    def encode(self, token_embeddings, token_mask, token_timestamps, query_timestamps) -> torch.Tensor:
+        hidden_states = token_embeddings
+        bias_cache: dict = {}  # per forward pass: lets the backend compute the time buckets once for all layers
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, token_mask, token_timestamps, query_timestamps, bias_cache)
+        return hidden_states
+
+
+__all__ = ["HSTUModel", "HSTUPreTrainedModel", "RecommendationOutput", "SequentialRecommenderOutput"]

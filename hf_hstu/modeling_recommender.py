@@ -1,0 +1,384 @@
+"""What every sequential recommender of this package shares: input checking and padding, item embeddings,
+input/output processing, the next-item training loss and `recommend`. Model bodies only implement `encode`."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_recommender import SequentialRecommenderConfig
+from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
+from .losses import build_loss
+from .retrieval import top_k_items
+from .similarity import build_similarity
+
+# Label value ignored by the loss besides the padding id 0 (the transformers convention).
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SequentialRecommenderOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        Next-item training loss averaged over the supervised positions.
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+        Output embedding of every position, in the layout of `input_ids` (zeros at padding and at positions dropped
+        by truncation to `max_seq_len`). Position i's embedding scores candidates for the event after i.
+    user_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The output embedding of each sequence's last real position: the user representation for the next item.
+    """
+
+    loss: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    user_embeddings: torch.FloatTensor | None = None
+
+
+@dataclass
+class RecommendationOutput(ModelOutput):
+    r"""
+    item_ids (`torch.LongTensor` of shape `(batch_size, k)`):
+        Recommended item ids, best first.
+    scores (`torch.FloatTensor` of shape `(batch_size, k)`):
+        Their similarity scores (the logits of the training loss times the temperature).
+    """
+
+    item_ids: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+
+
+@dataclass
+class EventBatch:
+    """Inputs checked and moved to right padding, truncated to the most recent `max_seq_len` events.
+
+    All (B, W) tensors are zero at padding; `source_positions` (B, W) maps each kept position back to its column in
+    the caller's (B, N) layout, N = `input_length`.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    timestamps: torch.Tensor
+    ratings: torch.Tensor | None
+    labels: torch.Tensor | None
+    target_timestamps: torch.Tensor | None
+    lengths: torch.Tensor
+    source_positions: torch.Tensor
+    input_length: int
+
+
+def _as_tensor(name: str, value, device: torch.device, dims: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """`value` as an int64 tensor on `device` with `dims` dimensions (and `shape` when given), or a ValueError."""
+    tensor = torch.as_tensor(value, device=device)
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise ValueError(f"{name} must hold integers, got dtype {tensor.dtype}.")
+    if tensor.dim() != dims or (shape is not None and tuple(tensor.shape) != shape):
+        expected = tuple(shape) if shape is not None else f"{dims} dimensions"
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}.")
+    return tensor.long()
+
+
+def _check_range(name: str, values: torch.Tensor, valid: torch.Tensor, low: int, high: int) -> None:
+    bad = valid & ((values < low) | (values > high))
+    if bad.any():
+        row, col = (int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{name}[{row}, {col}] = {int(values[row, col])} is outside [{low}, {high}].")
+
+
+def next_event_timestamps(
+    timestamps: torch.Tensor, lengths: torch.Tensor, target_timestamps: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, T) time of the event each position predicts: the next position's time, and for the last real position
+    the request time `target_timestamps` (B,) when given, else its own time."""
+    shifted = torch.cat([timestamps[:, 1:], timestamps[:, -1:]], dim=1)
+    last = (lengths - 1).unsqueeze(1)
+    last_time = target_timestamps.unsqueeze(1) if target_timestamps is not None else timestamps.gather(1, last)
+    return shifted.scatter(1, last, last_time)
+
+
+class SequentialRecommenderPreTrainedModel(PreTrainedModel):
+    """Base class of HSTU and SASRec: everything but the sequence encoder (`encode`)."""
+
+    config: SequentialRecommenderConfig
+    base_model_prefix = "recommender"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = False
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SequentialRecommenderConfig) -> None:
+        super().__init__(config)
+        self.item_embeddings = nn.Embedding(config.num_items + 1, config.hidden_size, padding_idx=0)
+        self.input_preprocessor = INPUT_PREPROCESSORS[config.input_preprocessor](config)
+        self.output_postprocessor = build_output_postprocessor(config)
+        self.similarity = build_similarity(config)
+        self.training_loss = build_loss(config)
+
+    @property
+    def requires_timestamps(self) -> bool:
+        """Whether `forward` needs `timestamps`."""
+        return False
+
+    @property
+    def requires_target_timestamps(self) -> bool:
+        """Whether `recommend` needs the request time `target_timestamps` (the context of the recommendation)."""
+        return False
+
+    @property
+    def requires_ratings(self) -> bool:
+        """Whether the input preprocessor reads `ratings`."""
+        return self.config.input_preprocessor != "learnable_positional"
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.item_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.item_embeddings = value
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, LearnablePositionalInputPreprocessor):
+            init.trunc_normal_(module.position_embeddings.weight, std=math.sqrt(1.0 / self.config.hidden_size))
+        elif isinstance(module, SequentialRecommenderPreTrainedModel):
+            init.zeros_(module.item_embeddings.weight[0])
+
+    def encode(
+        self,
+        token_embeddings: torch.Tensor,
+        token_mask: torch.Tensor,
+        token_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+    ) -> torch.Tensor:
+        """The sequence encoder: (B, T, D) right-padded token embeddings -> (B, T, D) token outputs.
+
+        Args:
+            token_embeddings: (B, T, D), zero at padding.
+            token_mask: (B, T) bool, True for real tokens (a prefix of each row).
+            token_timestamps: (B, T) int64 time of each token's event.
+            query_timestamps: (B, T) int64 time of the event each position predicts.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+
+    def _prepare_batch(
+        self,
+        input_ids,
+        attention_mask=None,
+        timestamps=None,
+        labels=None,
+        target_timestamps=None,
+        ratings=None,
+    ) -> EventBatch:
+        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events."""
+        device = self.item_embeddings.weight.device
+        input_ids = _as_tensor("input_ids", input_ids, device, dims=2)
+        batch_size, seq_len = input_ids.shape
+        if attention_mask is None:
+            mask = input_ids != 0
+        else:
+            mask = _as_tensor("attention_mask", attention_mask, device, 2, (batch_size, seq_len)) != 0
+        lengths = mask.sum(1)
+        if (lengths == 0).any():
+            raise ValueError(
+                f"attention_mask row {int(torch.nonzero(lengths == 0)[0])} has no item: every "
+                "sequence needs at least one event."
+            )
+        first = mask.int().argmax(1)
+        last = seq_len - 1 - mask.flip(1).int().argmax(1)
+        if (last - first + 1 != lengths).any():
+            row = int(torch.nonzero(last - first + 1 != lengths)[0])
+            raise ValueError(
+                f"attention_mask row {row} has a gap: the real events must be contiguous (left or right padding)."
+            )
+        _check_range("input_ids", input_ids, mask, 1, self.config.num_items)
+
+        if timestamps is None:
+            if self.requires_timestamps:
+                raise ValueError(
+                    f"timestamps are required: {type(self).__name__} uses a time bias "
+                    "(config.use_time_bias=True). Pass unix-second timestamps of shape (batch, seq_len)."
+                )
+            timestamps = torch.zeros_like(input_ids)
+        timestamps = _as_tensor("timestamps", timestamps, device, 2, (batch_size, seq_len))
+        _check_range("timestamps", timestamps, mask, 0, torch.iinfo(torch.int64).max)
+        if ratings is None and self.requires_ratings:
+            raise ValueError(f"ratings are required by input_preprocessor='{self.config.input_preprocessor}'.")
+        if ratings is not None:
+            ratings = _as_tensor("ratings", ratings, device, 2, (batch_size, seq_len))
+            _check_range("ratings", ratings, mask, 0, self.config.num_ratings)
+        if labels is not None:
+            labels = _as_tensor("labels", labels, device, 2, (batch_size, seq_len))
+            labels = labels.masked_fill(labels == IGNORE_INDEX, 0)
+            _check_range("labels", labels, mask, 0, self.config.num_items)
+        if target_timestamps is not None:
+            target_timestamps = _as_tensor("target_timestamps", target_timestamps, device, 1, (batch_size,))
+
+        kept = lengths.clamp(max=self.config.max_seq_len)
+        start = first + lengths - kept  # drop the oldest events beyond max_seq_len
+        offsets = torch.arange(int(kept.max()), device=device)
+        source_positions = (start.unsqueeze(1) + offsets).clamp(max=seq_len - 1)  # (B, W)
+        valid = offsets < kept.unsqueeze(1)
+
+        def to_right_padding(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.gather(1, source_positions) * valid
+
+        return EventBatch(
+            input_ids=to_right_padding(input_ids),
+            attention_mask=valid,
+            timestamps=to_right_padding(timestamps),
+            ratings=to_right_padding(ratings),
+            labels=to_right_padding(labels),
+            target_timestamps=target_timestamps,
+            lengths=kept,
+            source_positions=source_positions,
+            input_length=seq_len,
+        )
+
+    def _encode_events(self, batch: EventBatch) -> torch.Tensor:
+        """(B, W, D) post-processed output embedding of each event, zero at padding."""
+        item_embeddings = self.item_embeddings(batch.input_ids)
+        tokens, token_mask, token_timestamps = self.input_preprocessor(
+            item_embeddings, batch.attention_mask, batch.timestamps, batch.ratings
+        )
+        query_timestamps = next_event_timestamps(
+            token_timestamps, batch.lengths * self.config.tokens_per_event, batch.target_timestamps
+        )
+        token_states = self.encode(tokens, token_mask, token_timestamps, query_timestamps)
+        event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states))
+        return event_states * batch.attention_mask.unsqueeze(-1)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        timestamps: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        target_timestamps: torch.LongTensor | None = None,
+        ratings: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SequentialRecommenderOutput:
+        r"""
+        Encode padded histories and, given `labels`, compute the next-item loss.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Item ids in `1..num_items`, oldest first; padding (id 0) on either side. Histories longer than
+                `config.max_seq_len` are truncated to their most recent `max_seq_len` events.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 for real events, 0 for padding; defaults to `input_ids != 0`. Real events must be contiguous.
+            timestamps (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Unix seconds of each event; required when the model uses a time bias.
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Aligned with `input_ids` (pass `labels=input_ids`): position i is trained to predict `labels[i + 1]`.
+                0 and -100 are ignored.
+            target_timestamps (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                Time of the event to predict after the last position (the request time).
+            ratings (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Ratings `1..num_ratings` (0 = unknown); required by the rated input preprocessors.
+        """
+        batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
+        hidden_states = self._encode_events(batch)  # (B, W, D)
+        batch_size = hidden_states.shape[0]
+        user_embeddings = hidden_states[torch.arange(batch_size, device=hidden_states.device), batch.lengths - 1]
+
+        loss = None
+        if batch.labels is not None:
+            next_labels = F.pad(batch.labels[:, 1:], (0, 1))  # position i predicts the item at i + 1
+            supervised = next_labels != 0
+            if supervised.any():
+                loss = self.training_loss(
+                    hidden_states[supervised], next_labels[supervised], self.item_embeddings, self.similarity
+                )
+            else:  # no sequence has a next item: nothing to learn from this batch
+                loss = hidden_states.sum() * 0.0
+
+        last_hidden_state = hidden_states.new_zeros(batch_size, batch.input_length, hidden_states.shape[-1])
+        rows, cols = torch.nonzero(batch.attention_mask, as_tuple=True)
+        last_hidden_state[rows, batch.source_positions[rows, cols]] = hidden_states[rows, cols]
+        return SequentialRecommenderOutput(
+            loss=loss, last_hidden_state=last_hidden_state, user_embeddings=user_embeddings
+        )
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        timestamps: torch.LongTensor | None = None,
+        target_timestamps: torch.LongTensor | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+        candidate_ids: torch.LongTensor | None = None,
+        ratings: torch.LongTensor | None = None,
+    ) -> RecommendationOutput:
+        r"""
+        Top-k next items for each history, scored against the whole catalogue (or `candidate_ids`).
+
+        Runs in eval mode (no dropout) and restores the previous mode. Inputs are those of `forward`; histories
+        longer than `max_seq_len` are truncated to their most recent events, but every item of the given history is
+        filtered out when `filter_seen`.
+
+        Args:
+            target_timestamps (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                The request time (unix seconds). Required when `model.requires_target_timestamps`.
+            k (`int`): items per user.
+            filter_seen (`bool`): never return an item of the user's history.
+            candidate_ids (`torch.LongTensor` of shape `(num_candidates,)` or `(batch_size, num_candidates)`,
+                *optional*): restrict the ranking to these item ids.
+
+        Returns:
+            [`RecommendationOutput`] with `item_ids` and `scores` of shape `(batch_size, k)`, best first. The padding
+            id 0 is never returned.
+        """
+        if self.requires_target_timestamps and target_timestamps is None:
+            raise ValueError(
+                "target_timestamps is required: this model conditions on the time of the request "
+                "(config.use_time_bias=True). Pass the unix time at which the recommendations are served, shape "
+                "(batch_size,)."
+            )
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}.")
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                timestamps=timestamps,
+                target_timestamps=target_timestamps,
+                ratings=ratings,
+            )
+        finally:
+            self.train(was_training)
+        device = outputs.user_embeddings.device
+        exclude_ids = None
+        if filter_seen:
+            exclude_ids = torch.as_tensor(input_ids, device=device).long()
+            if attention_mask is not None:
+                exclude_ids = exclude_ids * (torch.as_tensor(attention_mask, device=device) != 0)
+        if candidate_ids is not None:
+            candidate_ids = torch.as_tensor(candidate_ids, device=device)
+            if candidate_ids.dim() not in (1, 2) or (
+                candidate_ids.dim() == 2 and candidate_ids.shape[0] != outputs.user_embeddings.shape[0]
+            ):
+                raise ValueError(
+                    f"candidate_ids must have shape (num_candidates,) or (batch_size, num_candidates), got "
+                    f"{tuple(candidate_ids.shape)}."
+                )
+            candidate_ids = candidate_ids.long()
+            if ((candidate_ids < 1) | (candidate_ids > self.config.num_items)).any():
+                raise ValueError(f"candidate_ids must be item ids in [1, {self.config.num_items}].")
+        item_ids, scores = top_k_items(
+            outputs.user_embeddings, self.item_embeddings, self.similarity, k, exclude_ids, candidate_ids
+        )
+        return RecommendationOutput(item_ids=item_ids, scores=scores)

@@ -1,0 +1,92 @@
+"""SASRec (Kang & McAuley, ICDM 2018) as the HSTU paper's baseline, sharing embeddings, losses and retrieval with
+HSTU."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration_sasrec import SASRecConfig
+from .modeling_recommender import (
+    RecommendationOutput,
+    SequentialRecommenderOutput,
+    SequentialRecommenderPreTrainedModel,
+)
+
+
+class SASRecFeedForward(nn.Module):
+    """FFN(z) = z + Dropout(W2 Dropout(ReLU(W1 z)))."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.dropout(self.down_proj(self.dropout(F.relu(self.up_proj(hidden_states)))))
+
+
+class SASRecBlock(GradientCheckpointingLayer):
+    """Q = LayerNorm(x); x = FFN(LayerNorm(Q + MHA(Q, x, x))) * mask, with causal softmax attention."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.eps = config.layer_norm_eps
+        self.self_attn = nn.MultiheadAttention(
+            config.hidden_size, config.num_attention_heads, dropout=config.attention_dropout, batch_first=True
+        )
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = SASRecFeedForward(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        seq_len = hidden_states.shape[1]
+        query = F.layer_norm(hidden_states, (self.hidden_size,), eps=self.eps)
+        causal_block = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).triu(1)
+        attn_output, _ = self.self_attn(
+            query,
+            hidden_states,
+            hidden_states,
+            attn_mask=causal_block,
+            key_padding_mask=~attention_mask,
+            need_weights=False,
+        )
+        hidden_states = self.feed_forward(self.post_attention_layernorm(query + attn_output))
+        return hidden_states * attention_mask.unsqueeze(-1)
+
+
+class SASRecPreTrainedModel(SequentialRecommenderPreTrainedModel):
+    config: SASRecConfig
+    config_class = SASRecConfig
+    _no_split_modules = ["SASRecBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.MultiheadAttention):
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class SASRecModel(SASRecPreTrainedModel):
+    """SASRec sequential recommender with the same inputs, outputs, losses and `recommend` as [`HSTUModel`]."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__(config)
+        self.layers = nn.ModuleList([SASRecBlock(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def encode(self, token_embeddings, token_mask, token_timestamps, query_timestamps) -> torch.Tensor:
+        hidden_states = token_embeddings
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, token_mask)
+        return hidden_states
+
+
+__all__ = ["SASRecModel", "SASRecPreTrainedModel", "RecommendationOutput", "SequentialRecommenderOutput"]

@@ -1,0 +1,96 @@
+"""Brute-force top-k retrieval over the item catalogue (or a candidate set), in bounded memory."""
+
+import torch
+from torch import nn
+
+# Scores held at once per chunk: users x candidates; bounds memory for large catalogues (~64 MB in fp32).
+DEFAULT_MAX_SCORES_PER_CHUNK = 2**24
+
+
+def _mask_columns(scores: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Set scores[b, columns[b, j]] = -inf for every column index in [0, C); other indices are ignored."""
+    num_columns = scores.shape[1]
+    in_range = (columns >= 0) & (columns < num_columns)
+    padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)  # last column absorbs the rest
+    padded.scatter_(1, torch.where(in_range, columns, num_columns), float("-inf"))
+    return padded[:, :num_columns]
+
+
+def _merge_top_k(
+    best_scores: torch.Tensor, best_ids: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    all_scores = torch.cat([best_scores, scores], dim=1)
+    all_ids = torch.cat([best_ids, ids], dim=1)
+    top_scores, positions = all_scores.topk(min(k, all_scores.shape[1]), dim=1)
+    return top_scores, all_ids.gather(1, positions)
+
+
+def top_k_items(
+    user_embeddings: torch.Tensor,
+    item_embeddings: nn.Embedding,
+    similarity: nn.Module,
+    k: int,
+    exclude_ids: torch.Tensor | None = None,
+    candidate_ids: torch.Tensor | None = None,
+    max_scores_per_chunk: int = DEFAULT_MAX_SCORES_PER_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best-scoring items per user, sorted by decreasing score.
+
+    Args:
+        user_embeddings: (B, D).
+        item_embeddings: the item table (num_items + 1 rows; row 0 is padding and never returned).
+        similarity: scores (B, D) users against (C, D) or (B, C, D) items.
+        k: items to return per user.
+        exclude_ids: (B, N) item ids never to return for each user (e.g. the history; 0 entries are ignored).
+        candidate_ids: None for the whole catalogue, (C,) ids shared by all users, or (B, C) ids per user;
+            ids must be in 1..num_items.
+        max_scores_per_chunk: bound on B x chunk scores held at once.
+
+    Returns:
+        (item ids (B, k) int64, scores (B, k)).
+
+    Raises:
+        ValueError: when a user has fewer than k candidates left after exclusion.
+    """
+    batch_size = user_embeddings.shape[0]
+    device = user_embeddings.device
+    num_items = item_embeddings.num_embeddings - 1
+    if candidate_ids is None:
+        candidate_ids = torch.arange(1, num_items + 1, device=device)
+    if k > candidate_ids.shape[-1]:
+        raise ValueError(f"k={k} is larger than the number of candidate items ({candidate_ids.shape[-1]}).")
+    chunk_size = max(1, max_scores_per_chunk // max(batch_size, 1))
+    best_scores = user_embeddings.new_empty(batch_size, 0)
+    best_ids = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+
+    if candidate_ids.dim() == 1:
+        # Position of each excluded id among the candidates (-1 when it is not a candidate).
+        excluded_positions = None
+        if exclude_ids is not None:
+            lookup = torch.full((num_items + 1,), -1, dtype=torch.long, device=device)
+            lookup[candidate_ids] = torch.arange(candidate_ids.shape[0], device=device)
+            excluded_positions = lookup[exclude_ids]
+        for start in range(0, candidate_ids.shape[0], chunk_size):
+            chunk_ids = candidate_ids[start : start + chunk_size]
+            scores = similarity(user_embeddings, item_embeddings(chunk_ids))  # (B, c)
+            if excluded_positions is not None:
+                scores = _mask_columns(scores, excluded_positions - start)
+            best_scores, best_ids = _merge_top_k(best_scores, best_ids, scores, chunk_ids.expand(batch_size, -1), k)
+    else:
+        sorted_excluded = exclude_ids.sort(dim=1).values if exclude_ids is not None else None
+        for start in range(0, candidate_ids.shape[1], chunk_size):
+            chunk_ids = candidate_ids[:, start : start + chunk_size]
+            scores = similarity(user_embeddings, item_embeddings(chunk_ids))  # (B, c)
+            if sorted_excluded is not None:
+                positions = torch.searchsorted(sorted_excluded, chunk_ids).clamp(max=sorted_excluded.shape[1] - 1)
+                is_excluded = sorted_excluded.gather(1, positions) == chunk_ids
+                scores = scores.masked_fill(is_excluded, float("-inf"))
+            best_scores, best_ids = _merge_top_k(best_scores, best_ids, scores, chunk_ids, k)
+
+    exhausted_rows = torch.nonzero(torch.isinf(best_scores[:, -1])).flatten()
+    if exhausted_rows.numel():
+        raise ValueError(
+            f"k={k} is larger than the number of candidate items left after removing seen items for batch rows "
+            f"{exhausted_rows.tolist()[:10]}; lower k, pass filter_seen=False, or give more candidates."
+        )
+    return best_ids, best_scores

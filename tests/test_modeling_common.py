@@ -1,0 +1,331 @@
+"""Behaviour both models share: causality, padding, gradients, learning, save/load, options, recommend, errors."""
+
+import itertools
+import os
+
+import pytest
+import torch
+from recommender_testing import NUM_ITEMS, right_padded_batch, tiny_config, tiny_model, to_left_padding
+from transformers import AutoConfig, AutoModel
+
+from hf_hstu import HSTUModel, SASRecModel
+
+MODEL_TYPES = ["hstu", "sasrec"]
+INPUT_KEYS = ("input_ids", "attention_mask", "timestamps", "target_timestamps")
+
+
+def model_inputs(batch, keys=INPUT_KEYS):
+    return {key: batch[key] for key in keys}
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_causality(model_type):
+    """Changing item j changes no output at positions < j."""
+    model = tiny_model(model_type).eval()
+    batch = right_padded_batch(lengths=(8, 8))
+    changed = {key: value.clone() for key, value in batch.items()}
+    changed["input_ids"][:, 5] = changed["input_ids"][:, 5] % NUM_ITEMS + 1
+    before = model(**model_inputs(batch)).last_hidden_state
+    after = model(**model_inputs(changed)).last_hidden_state
+    torch.testing.assert_close(before[:, :5], after[:, :5], rtol=0, atol=1e-6)
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_padding_invariance(model_type):
+    """Each sequence alone, and in a right- or left-padded batch, gives the same outputs and the same loss."""
+    model = tiny_model(model_type).eval()
+    batch = right_padded_batch()
+    lengths = batch["attention_mask"].sum(1).tolist()
+    right = model(**model_inputs(batch), labels=batch["input_ids"])
+    left_batch = to_left_padding(batch)
+    left = model(**model_inputs(left_batch), labels=left_batch["input_ids"])
+    torch.testing.assert_close(right.user_embeddings, left.user_embeddings, atol=1e-6, rtol=1e-5)
+    width = batch["input_ids"].shape[1]
+    for row, length in enumerate(lengths):
+        alone = model(
+            **{key: value[row : row + 1, :length] for key, value in model_inputs(batch).items() if value.dim() == 2},
+            target_timestamps=batch["target_timestamps"][row : row + 1],
+        )
+        torch.testing.assert_close(
+            right.last_hidden_state[row, :length], alone.last_hidden_state[0], atol=1e-6, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            left.last_hidden_state[row, width - length :], alone.last_hidden_state[0], atol=1e-6, rtol=1e-5
+        )
+        assert right.last_hidden_state[row, length:].abs().sum() == 0
+        assert left.last_hidden_state[row, : width - length].abs().sum() == 0
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_loss_is_the_same_for_both_padding_sides(model_type):
+    model = tiny_model(model_type).eval()
+    batch = right_padded_batch()
+    left_batch = to_left_padding(batch)
+    torch.manual_seed(1)
+    right_loss = model(**model_inputs(batch), labels=batch["input_ids"]).loss
+    torch.manual_seed(1)
+    left_loss = model(**model_inputs(left_batch), labels=left_batch["input_ids"]).loss
+    torch.testing.assert_close(right_loss, left_loss, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_truncation_keeps_the_most_recent_events(model_type):
+    model = tiny_model(model_type).eval()  # max_seq_len = 8
+    long_batch = right_padded_batch(lengths=(12, 5))
+    full = model(**model_inputs(long_batch))
+    recent = {key: long_batch[key][:1, 4:] for key in ("input_ids", "attention_mask", "timestamps")}
+    cut = model(**recent, target_timestamps=long_batch["target_timestamps"][:1])
+    torch.testing.assert_close(full.user_embeddings[:1], cut.user_embeddings, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(full.last_hidden_state[0, 4:], cut.last_hidden_state[0], atol=1e-6, rtol=1e-5)
+    assert full.last_hidden_state.shape == (2, 12, 16)
+    assert full.last_hidden_state[0, :4].abs().sum() == 0  # dropped by truncation
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_gradients_reach_every_parameter(model_type):
+    overrides = {"similarity": "mol"}
+    model = tiny_model(model_type, **overrides)
+    batch = right_padded_batch()
+    model(**model_inputs(batch), labels=batch["input_ids"]).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    if model_type == "hstu":
+        bias = model.layers[0].attention.relative_bias
+        assert bias.position_weights.grad.abs().sum() > 0 and bias.time_weights.grad.abs().sum() > 0
+
+
+def _cyclic_sequences(num_users: int, length: int) -> dict[str, torch.Tensor]:
+    """Users walk the catalogue in steps of +1 (wrapping around), starting anywhere: the next item is predictable."""
+    starts = torch.arange(num_users) % NUM_ITEMS
+    ids = (starts.unsqueeze(1) + torch.arange(length)) % NUM_ITEMS + 1
+    timestamps = 1_600_000_000 + 3600 * torch.arange(length).repeat(num_users, 1)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "timestamps": timestamps,
+        "target_timestamps": timestamps[:, -1] + 3600,
+    }
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_learns_next_item_and_ranks_it_first(model_type):
+    model = tiny_model(model_type, seed=0, max_seq_len=6, num_negatives=16)
+    batch = _cyclic_sequences(num_users=60, length=6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(60):
+        loss = model(**model_inputs(batch), labels=batch["input_ids"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
+    recommendations = model.recommend(**model_inputs(batch), k=1)
+    true_next = batch["input_ids"][:, -1] % NUM_ITEMS + 1
+    assert (recommendations.item_ids[:, 0] == true_next).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_save_and_load_give_identical_outputs(model_type, tmp_path):
+    model = tiny_model(model_type).eval()
+    model.save_pretrained(tmp_path)
+    files = sorted(os.listdir(tmp_path))
+    assert "model.safetensors" in files and not any(name.endswith((".bin", ".pt")) for name in files)
+    assert f"modeling_{model_type}.py" in files and "modeling_recommender.py" in files  # code for remote loading
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert "AutoModel" in config.auto_map
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert type(reloaded) is type(model) and not reloaded.training
+    batch = right_padded_batch()
+    torch.testing.assert_close(
+        model(**model_inputs(batch)).last_hidden_state,
+        reloaded(**model_inputs(batch)).last_hidden_state,
+        rtol=0,
+        atol=0,
+    )
+
+
+def _option_grid():
+    shared = [
+        {"loss": "sampled_softmax", "negative_sampling": "uniform"},
+        {"loss": "sampled_softmax", "negative_sampling": "in_batch"},
+        {"loss": "bce", "negative_sampling": "uniform"},
+        {"loss": "bce", "negative_sampling": "in_batch"},
+        {"similarity": "mol"},
+        {"similarity": "mol", "loss": "bce"},
+        {"input_preprocessor": "rated"},
+        {"input_preprocessor": "combined_item_rating"},
+        {"output_postprocessor": "layer_norm"},
+    ]
+    cases = [(model_type, option) for model_type in MODEL_TYPES for option in shared]
+    for position, time in itertools.product([True, False], repeat=2):
+        cases.append(("hstu", {"use_position_bias": position, "use_time_bias": time}))
+        cases.append(
+            (
+                "hstu",
+                {"use_position_bias": position, "use_time_bias": time, "input_preprocessor": "combined_item_rating"},
+            )
+        )
+    return cases
+
+
+@pytest.mark.parametrize(("model_type", "options"), _option_grid(), ids=str)
+def test_every_option_trains_one_step_and_recommends(model_type, options):
+    model = tiny_model(model_type, **options)
+    batch = right_padded_batch()
+    keys = INPUT_KEYS + ("ratings",)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    loss = model(**model_inputs(batch, keys), labels=batch["input_ids"]).loss
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(b, a) for b, a in zip(before, model.parameters(), strict=True))
+    recommendations = model.recommend(**model_inputs(batch, keys), k=5)
+    assert recommendations.item_ids.shape == (4, 5) and recommendations.scores.shape == (4, 5)
+    assert (recommendations.scores[:, :-1] >= recommendations.scores[:, 1:]).all()
+    for row in range(4):
+        seen = set(batch["input_ids"][row][batch["attention_mask"][row] == 1].tolist())
+        assert not seen & set(recommendations.item_ids[row].tolist())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_recommend_scores_match_the_embeddings_and_respect_candidates(model_type):
+    model = tiny_model(model_type).eval()
+    batch = right_padded_batch()
+    full = model.recommend(**model_inputs(batch), k=NUM_ITEMS - 8, filter_seen=True)
+    users = model(**model_inputs(batch)).user_embeddings
+    items = model.item_embeddings.weight / model.item_embeddings.weight.norm(dim=-1, keepdim=True)
+    expected_scores = (users @ items.T).gather(1, full.item_ids)
+    torch.testing.assert_close(full.scores, expected_scores, atol=1e-6, rtol=1e-5)
+    assert (full.item_ids != 0).all()
+
+    unfiltered = model.recommend(**model_inputs(batch), k=NUM_ITEMS, filter_seen=False)
+    assert sorted(unfiltered.item_ids[0].tolist()) == list(range(1, NUM_ITEMS + 1))
+
+    candidates = torch.tensor([3, 7, 11, 19, 23, 29])
+    restricted = model.recommend(**model_inputs(batch), k=3, filter_seen=False, candidate_ids=candidates)
+    assert set(restricted.item_ids.flatten().tolist()) <= set(candidates.tolist())
+    per_user = candidates.repeat(4, 1)
+    torch.testing.assert_close(
+        model.recommend(**model_inputs(batch), k=3, filter_seen=False, candidate_ids=per_user).scores,
+        restricted.scores,
+    )
+
+
+def test_top_k_is_the_same_in_small_chunks():
+    from hf_hstu.retrieval import top_k_items
+
+    model = tiny_model("hstu", similarity="mol").eval()
+    users = torch.nn.functional.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    history = torch.tensor([[1, 2, 3, 0], [4, 4, 0, 0], [30, 29, 1, 2], [0, 0, 0, 0], [5, 6, 7, 8]])
+    with torch.no_grad():
+        whole = top_k_items(users, model.item_embeddings, model.similarity, 7, exclude_ids=history)
+        chunked = top_k_items(
+            users, model.item_embeddings, model.similarity, 7, exclude_ids=history, max_scores_per_chunk=5 * 4
+        )
+    torch.testing.assert_close(whole[1], chunked[1])
+    assert torch.equal(whole[0], chunked[0])
+    for row, seen in enumerate(history.tolist()):
+        assert not set(seen) & set(whole[0][row].tolist())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_training_loss_ignores_padding_and_minus_100(model_type):
+    model = tiny_model(model_type).eval()
+    batch = right_padded_batch()
+    labels = batch["input_ids"].clone()
+    torch.manual_seed(3)
+    loss = model(**model_inputs(batch), labels=labels).loss
+    labels[batch["attention_mask"] == 0] = -100
+    torch.manual_seed(3)
+    torch.testing.assert_close(model(**model_inputs(batch), labels=labels).loss, loss)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: b.update(input_ids=b["input_ids"] + 100), r"input_ids\[0, 0\] = 1\d\d is outside \[1, 30\]"),
+        (lambda b: b.update(input_ids=b["input_ids"].float()), "input_ids must hold integers"),
+        (lambda b: b.update(input_ids=b["input_ids"][0]), r"input_ids must have shape \(batch, seq_len\)|2 dimensions"),
+        (lambda b: b.update(attention_mask=b["attention_mask"][:, :3]), r"attention_mask must have shape \(4, 8\)"),
+        (lambda b: b["attention_mask"].__setitem__((0, 2), 0), "attention_mask row 0 has a gap"),
+        (lambda b: b["attention_mask"].__setitem__((1, slice(None)), 0), "attention_mask row 1 has no item"),
+        (lambda b: b.update(timestamps=b["timestamps"][:, :2]), r"timestamps must have shape \(4, 8\)"),
+        (lambda b: b["timestamps"].__setitem__((0, 0), -5), r"timestamps\[0, 0\] = -5 is outside"),
+        (lambda b: b.update(target_timestamps=b["target_timestamps"][:2]), r"target_timestamps must have shape \(4,\)"),
+        (lambda b: b["input_ids"].__setitem__((0, 1), 0), r"input_ids\[0, 1\] = 0 is outside \[1, 30\]"),
+    ],
+)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bad_inputs_raise_named_errors(model_type, change, message):
+    model = tiny_model(model_type)
+    batch = right_padded_batch()
+    change(batch)
+    with pytest.raises(ValueError, match=message):
+        model(**model_inputs(batch), labels=batch["input_ids"] if batch["input_ids"].dim() == 2 else None)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bad_recommend_arguments(model_type):
+    model = tiny_model(model_type)
+    batch = right_padded_batch()
+    with pytest.raises(ValueError, match="k=31 is larger than the number of candidate items"):
+        model.recommend(**model_inputs(batch), k=31)
+    with pytest.raises(ValueError, match="left after removing seen items for batch rows \\[2\\]"):
+        model.recommend(**model_inputs(batch), k=NUM_ITEMS - 5)  # row 2 has 8 distinct-or-repeated items
+    with pytest.raises(ValueError, match="candidate_ids must be item ids"):
+        model.recommend(**model_inputs(batch), candidate_ids=torch.tensor([0, 1, 2]), k=2)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        model.recommend(**model_inputs(batch), k=0)
+    with pytest.raises(ValueError, match="labels"):
+        model(**model_inputs(batch), labels=batch["input_ids"] + NUM_ITEMS)
+
+
+def test_rated_preprocessors_require_ratings():
+    model = tiny_model("hstu", input_preprocessor="rated")
+    batch = right_padded_batch()
+    with pytest.raises(ValueError, match="ratings are required by input_preprocessor='rated'"):
+        model(**model_inputs(batch))
+    batch["ratings"][0, 0] = 9
+    with pytest.raises(ValueError, match=r"ratings\[0, 0\] = 9 is outside \[0, 5\]"):
+        model(**model_inputs(batch, INPUT_KEYS + ("ratings",)))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "bad", "message"),
+    [
+        ("hstu", {"num_items": 0}, "num_items"),
+        ("hstu", {"input_dropout": 1.0}, "input_dropout"),
+        ("hstu", {"loss": "hinge"}, "loss"),
+        ("hstu", {"num_attention_heads": "2"}, "num_attention_heads"),
+        ("sasrec", {"num_attention_heads": 3}, "multiple of num_attention_heads"),
+        ("sasrec", {"similarity": "cosine"}, "similarity"),
+    ],
+)
+def test_config_validation(model_type, bad, message):
+    with pytest.raises(Exception, match=message):
+        tiny_config(model_type, **bad)
+
+
+def test_auto_classes_are_registered():
+    assert type(AutoModel.from_config(tiny_config("hstu"))) is HSTUModel
+    assert type(AutoModel.from_config(tiny_config("sasrec"))) is SASRecModel
+    assert AutoConfig.for_model("hstu", num_items=3).num_items == 3
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_gradient_checkpointing_gives_the_same_gradients(model_type):
+    batch = right_padded_batch()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(model_type)
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train()
+        torch.manual_seed(0)
+        model(**model_inputs(batch), labels=batch["input_ids"]).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
