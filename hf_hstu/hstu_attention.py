@@ -44,6 +44,8 @@ def time_bucket_ids(
 def relative_position_bias(position_weights: torch.Tensor, seq_len: int) -> torch.Tensor:
     """(seq_len, seq_len) matrix ``w_p[N_max - 1 + j - i]`` from a (2 N_max - 1,) weight vector."""
     max_len = (position_weights.shape[0] + 1) // 2
+    if seq_len > max_len:
+        raise ValueError(f"sequences of {seq_len} tokens exceed the position bias table (max {max_len} tokens).")
     positions = torch.arange(seq_len, device=position_weights.device)
     return position_weights[max_len - 1 + positions.unsqueeze(0) - positions.unsqueeze(1)]
 
@@ -108,6 +110,10 @@ def hstu_attention_forward(
     if time_weights is not None:
         if query_timestamps is None or key_timestamps is None:
             raise ValueError("the time bias needs query_timestamps and key_timestamps")
+        if time_weights.shape[0] != num_buckets + 1:
+            raise ValueError(
+                f"time_weights has {time_weights.shape[0]} entries, expected num_buckets + 1 = {num_buckets + 1}."
+            )
         buckets = bias_cache.get("time_bucket_ids") if bias_cache is not None else None
         if buckets is None:
             buckets = time_bucket_ids(query_timestamps, key_timestamps, num_buckets, bucket_divisor)

@@ -106,6 +106,13 @@ class HSTUPreTrainedModel(SequentialRecommenderPreTrainedModel):
     config_class = HSTUConfig
     _no_split_modules = ["HSTUDecoderLayer"]
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """Unless one is requested: the fused Triton kernel where CUDA and triton are there, else the eager
+        reference."""
+        if requested_attention is None and torch.cuda.is_available() and "hstu_triton" in ALL_ATTENTION_FUNCTIONS:
+            return "hstu_triton"
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

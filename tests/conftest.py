@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+import os
 
-import pytest
-from fake_hub import FakeHub
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported (transformers imports it early): without a GPU, run the
+# Triton kernels in the interpreter for the whole session.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from fake_hub import FakeHub  # noqa: E402
 
 # Variables that would redirect part of the Hub clients' state away from the fixture's HF_HOME or endpoint.
 _CLEARED_ENV = (
