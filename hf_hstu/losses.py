@@ -8,7 +8,11 @@ from .configuration_recommender import SequentialRecommenderConfig
 
 
 def sample_negatives(
-    positive_ids: torch.Tensor, num_negatives: int, num_items: int, strategy: str = "uniform"
+    positive_ids: torch.Tensor,
+    num_negatives: int,
+    num_items: int,
+    strategy: str = "uniform",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Negative item ids for each positive.
 
@@ -17,15 +21,16 @@ def sample_negatives(
         num_negatives: R negatives per position.
         num_items: catalogue size; uniform negatives are drawn from 1..num_items.
         strategy: "uniform" over the catalogue, or "in_batch": drawn from the positives of this batch.
+        generator: random generator (the global one when None).
 
     Returns:
         (P, R) int64 item ids. A negative may equal its positive; the losses mask those out.
     """
     shape = (positive_ids.shape[0], num_negatives)
     if strategy == "in_batch":
-        picks = torch.randint(0, positive_ids.shape[0], shape, device=positive_ids.device)
+        picks = torch.randint(0, positive_ids.shape[0], shape, generator=generator, device=positive_ids.device)
         return positive_ids[picks]
-    return torch.randint(1, num_items + 1, shape, device=positive_ids.device)
+    return torch.randint(1, num_items + 1, shape, generator=generator, device=positive_ids.device)
 
 
 class NegativeSamplingLoss(nn.Module):
@@ -46,10 +51,12 @@ class NegativeSamplingLoss(nn.Module):
         positive_ids: torch.Tensor,
         item_embeddings: nn.Embedding,
         similarity: nn.Module,
+        negative_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (P, 1 + R) of [positive, negatives] / temperature, and the (P, R) mask of negatives equal to
-        their positive (false negatives)."""
-        negative_ids = sample_negatives(positive_ids, self.num_negatives, self.num_items, self.negative_sampling)
+        their positive (false negatives). Negatives are sampled unless `negative_ids` (P, R) are given."""
+        if negative_ids is None:
+            negative_ids = sample_negatives(positive_ids, self.num_negatives, self.num_items, self.negative_sampling)
         candidate_ids = torch.cat([positive_ids.unsqueeze(1), negative_ids], dim=1)
         logits = similarity(user_embeddings, item_embeddings(candidate_ids)) / self.temperature
         return logits, negative_ids == positive_ids.unsqueeze(1)
@@ -58,9 +65,11 @@ class NegativeSamplingLoss(nn.Module):
 class SampledSoftmaxLoss(NegativeSamplingLoss):
     """Cross-entropy of the positive against R sampled negatives, averaged over positions."""
 
-    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity) -> torch.Tensor:
+    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity, negative_ids=None) -> torch.Tensor:
         """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""
-        logits, false_negatives = self.candidate_logits(user_embeddings, positive_ids, item_embeddings, similarity)
+        logits, false_negatives = self.candidate_logits(
+            user_embeddings, positive_ids, item_embeddings, similarity, negative_ids
+        )
         logits = logits.masked_fill(F.pad(false_negatives, (1, 0), value=False), torch.finfo(logits.dtype).min)
         return F.cross_entropy(logits, torch.zeros_like(positive_ids))
 
@@ -70,9 +79,11 @@ class BinaryCrossEntropyLoss(NegativeSamplingLoss):
 
     num_negatives_per_positive = 1
 
-    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity) -> torch.Tensor:
+    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity, negative_ids=None) -> torch.Tensor:
         """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""
-        logits, false_negatives = self.candidate_logits(user_embeddings, positive_ids, item_embeddings, similarity)
+        logits, false_negatives = self.candidate_logits(
+            user_embeddings, positive_ids, item_embeddings, similarity, negative_ids
+        )
         targets = torch.zeros_like(logits)
         targets[:, 0] = 1.0
         weights = (~F.pad(false_negatives, (1, 0), value=False)).to(logits.dtype)

@@ -265,6 +265,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         labels: torch.LongTensor | None = None,
         target_timestamps: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
+        negative_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> SequentialRecommenderOutput:
         r"""
@@ -285,6 +286,9 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 Time of the event to predict after the last position (the request time).
             ratings (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Ratings `1..num_ratings` (0 = unknown); required by the rated input preprocessors.
+            negative_ids (`torch.LongTensor` of shape `(num_supervised, num_negatives)`, *optional*):
+                Negatives for the loss instead of sampling them: one row per supervised position, in row-major
+                order of (sequence, position) over the right-aligned events (each sequence has `length - 1`).
         """
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
         hidden_states = self._encode_events(batch)  # (B, W, D)
@@ -295,9 +299,28 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         if batch.labels is not None:
             next_labels = F.pad(batch.labels[:, 1:], (0, 1))  # position i predicts the item at i + 1
             supervised = next_labels != 0
-            if supervised.any():
+            num_supervised = int(supervised.sum())
+            if negative_ids is not None:
+                negative_ids = _as_tensor("negative_ids", negative_ids, hidden_states.device, dims=2)
+                if negative_ids.shape[0] != num_supervised:
+                    raise ValueError(
+                        f"negative_ids must have one row per supervised position ({num_supervised}), "
+                        f"got {negative_ids.shape[0]}."
+                    )
+                _check_range(
+                    "negative_ids",
+                    negative_ids,
+                    torch.ones_like(negative_ids, dtype=torch.bool),
+                    1,
+                    self.config.num_items,
+                )
+            if num_supervised:
                 loss = self.training_loss(
-                    hidden_states[supervised], next_labels[supervised], self.item_embeddings, self.similarity
+                    hidden_states[supervised],
+                    next_labels[supervised],
+                    self.item_embeddings,
+                    self.similarity,
+                    negative_ids,
                 )
             else:  # no sequence has a next item: nothing to learn from this batch
                 loss = hidden_states.sum() * 0.0

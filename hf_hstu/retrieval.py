@@ -94,3 +94,38 @@ def top_k_items(
             f"{exhausted_rows.tolist()[:10]}; lower k, pass filter_seen=False, or give more candidates."
         )
     return best_ids, best_scores
+
+
+def target_ranks(
+    user_embeddings: torch.Tensor,
+    item_embeddings: nn.Embedding,
+    similarity: nn.Module,
+    target_ids: torch.Tensor,
+    exclude_ids: torch.Tensor | None = None,
+    max_scores_per_chunk: int = DEFAULT_MAX_SCORES_PER_CHUNK,
+) -> torch.Tensor:
+    """1-based rank of each user's target among the whole catalogue, excluded items removed.
+
+    rank = 1 + the number of items that score strictly higher than the target (ties count in the target's favour),
+    over all items except the padding id, the `exclude_ids` of that user (e.g. the history) and the target itself.
+
+    Args:
+        user_embeddings: (B, D).
+        target_ids: (B,) ids in 1..num_items.
+        exclude_ids: (B, N) item ids not ranked for each user (0 entries are ignored).
+
+    Returns:
+        (B,) int64 ranks.
+    """
+    batch_size = user_embeddings.shape[0]
+    num_items = item_embeddings.num_embeddings - 1
+    target_scores = similarity(user_embeddings, item_embeddings(target_ids.unsqueeze(1))).squeeze(1)  # (B,)
+    # Never count the target against itself: its chunk score may differ from target_scores in the last bit.
+    not_ranked = target_ids.unsqueeze(1) if exclude_ids is None else torch.cat([exclude_ids, target_ids[:, None]], 1)
+    chunk_size = max(1, max_scores_per_chunk // max(batch_size, 1))
+    higher = torch.zeros(batch_size, dtype=torch.long, device=user_embeddings.device)
+    for start in range(1, num_items + 1, chunk_size):
+        chunk_ids = torch.arange(start, min(start + chunk_size, num_items + 1), device=user_embeddings.device)
+        scores = _mask_columns(similarity(user_embeddings, item_embeddings(chunk_ids)), not_ranked - start)
+        higher += (scores > target_scores.unsqueeze(1)).sum(1)
+    return higher + 1

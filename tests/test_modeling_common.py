@@ -329,3 +329,37 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type):
         model(**model_inputs(batch), labels=batch["input_ids"]).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_target_ranks_match_a_brute_force_ranking():
+    from hf_hstu.retrieval import target_ranks
+
+    model = tiny_model("hstu").eval()
+    generator = torch.Generator().manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(6, 16, generator=generator), dim=-1)
+    targets = torch.tensor([1, 5, 30, 17, 2, 9])
+    history = torch.tensor([[2, 3, 0], [5, 6, 7], [1, 0, 0], [4, 4, 4], [0, 0, 0], [8, 10, 11]])
+    with torch.no_grad():
+        ranks = target_ranks(users, model.item_embeddings, model.similarity, targets, history, max_scores_per_chunk=12)
+        scores = model.similarity(users, model.item_embeddings.weight)  # (6, 31)
+    for row in range(6):
+        excluded = {0, int(targets[row]), *history[row].tolist()}
+        higher = [item for item in range(31) if item not in excluded and scores[row, item] > scores[row, targets[row]]]
+        assert int(ranks[row]) == len(higher) + 1
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_explicit_negatives_equal_sampled_ones(model_type):
+    model = tiny_model(model_type).eval()
+    batch = right_padded_batch()
+    num_supervised = int((batch["attention_mask"].sum(1) - 1).clamp(min=0).sum())
+    torch.manual_seed(5)
+    sampled = model(**model_inputs(batch), labels=batch["input_ids"]).loss
+    torch.manual_seed(5)
+    negatives = torch.randint(1, NUM_ITEMS + 1, (num_supervised, 8))
+    explicit = model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives).loss
+    torch.testing.assert_close(sampled, explicit)
+    with pytest.raises(ValueError, match=f"one row per supervised position \\({num_supervised}\\)"):
+        model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives[1:])
+    with pytest.raises(ValueError, match="negative_ids"):
+        model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives * 0)
