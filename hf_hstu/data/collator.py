@@ -1,0 +1,92 @@
+"""Batching of per-user sequence rows into the padded tensors the sequential recommenders take."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._segments import offsets_from_lengths
+
+# row list column -> output tensor name
+_SEQUENCE_FIELDS = {"item_ids": "input_ids", "timestamps": "timestamps", "ratings": "ratings"}
+# row target column -> output tensor name
+_TARGET_FIELDS = {
+    "target_item_id": "target_ids",
+    "target_timestamp": "target_timestamps",
+    "target_rating": "target_ratings",
+}
+
+
+class SequenceCollator:
+    """Turns rows of a preprocessed split (``item_ids``, ``timestamps``[, ``ratings``] lists and, for validation and
+    test rows, ``target_item_id``, ``target_timestamp``[, ``target_rating``]) into a batch of torch tensors.
+
+    Each row keeps its most recent ``max_seq_len`` events; the batch is padded (item id 0) to its longest row
+    after truncation, on the right or the left. Output (B = batch size, L = that longest length):
+
+    - ``input_ids``, ``timestamps`` (and ``ratings``): (B, L) int64;
+    - ``attention_mask``: (B, L) int64, 1 on events and 0 on padding;
+    - ``labels``: (B, L) int64, a copy of ``input_ids`` (the model shifts them: position i predicts labels[i + 1]);
+    - ``target_ids``, ``target_timestamps`` (and ``target_ratings``): (B,) int64 when the rows have targets;
+    - ``seq_offsets``: (B + 1,) int64 cumulative lengths, with ``return_jagged=True`` (for jagged kernels).
+
+    It holds no state beyond its arguments, so it is deterministic and can be pickled into DataLoader workers.
+    """
+
+    def __init__(self, max_seq_len: int, padding_side: str = "right", return_jagged: bool = False):
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f'padding_side must be "right" or "left", got {padding_side!r}')
+        self.max_seq_len = max_seq_len
+        self.padding_side = padding_side
+        self.return_jagged = return_jagged
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(max_seq_len={self.max_seq_len}, padding_side={self.padding_side!r}, "
+            f"return_jagged={self.return_jagged})"
+        )
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if len(rows) == 0:
+            raise ValueError("cannot collate an empty batch")
+        fields = [name for name in _SEQUENCE_FIELDS if name in rows[0]]
+        if "item_ids" not in fields or "timestamps" not in fields:
+            raise KeyError(f"rows need 'item_ids' and 'timestamps' lists, got keys {sorted(rows[0])}")
+        lists = {name: [np.asarray(row[name], dtype=np.int64)[-self.max_seq_len :] for row in rows] for name in fields}
+        lengths = np.array([len(sequence) for sequence in lists["item_ids"]], dtype=np.int64)
+        for name in fields[1:]:
+            for index, sequence in enumerate(lists[name]):
+                if len(sequence) != lengths[index]:
+                    raise ValueError(
+                        f"row {index}: {name} has {len(rows[index][name])} values but item_ids has "
+                        f"{len(rows[index]['item_ids'])}"
+                    )
+        batch_size, width = len(rows), int(lengths.max())
+        offsets = offsets_from_lengths(lengths)
+        row_index = np.repeat(np.arange(batch_size), lengths)
+        column_index = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        if self.padding_side == "left":
+            column_index += np.repeat(width - lengths, lengths)
+        batch = {}
+        for name in fields:
+            padded = np.zeros((batch_size, width), dtype=np.int64)
+            padded[row_index, column_index] = np.concatenate(lists[name])
+            batch[_SEQUENCE_FIELDS[name]] = torch.from_numpy(padded)
+        mask = np.zeros((batch_size, width), dtype=np.int64)
+        mask[row_index, column_index] = 1
+        batch["attention_mask"] = torch.from_numpy(mask)
+        batch["labels"] = batch["input_ids"].clone()
+        for name, output in _TARGET_FIELDS.items():
+            present = [name in row and row[name] is not None for row in rows]
+            if any(present):
+                if not all(present):
+                    raise ValueError(f"some rows of the batch have {name!r} and others do not")
+                batch[output] = torch.tensor([int(row[name]) for row in rows], dtype=torch.int64)
+        if self.return_jagged:
+            batch["seq_offsets"] = torch.from_numpy(offsets)
+        return batch
