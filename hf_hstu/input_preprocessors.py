@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_recommender import SequentialRecommenderConfig
+from .similarity import l2_normalize
 
 
 class LearnablePositionalInputPreprocessor(nn.Module):
@@ -89,7 +90,7 @@ class L2NormOutputPostprocessor(nn.Module):
     """Unit-length output embeddings (eps 1e-6), so that dot products are cosines."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states / hidden_states.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+        return l2_normalize(hidden_states)
 
 
 class LayerNormOutputPostprocessor(nn.Module):

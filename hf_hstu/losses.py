@@ -49,26 +49,27 @@ class NegativeSamplingLoss(nn.Module):
         self,
         user_embeddings: torch.Tensor,
         positive_ids: torch.Tensor,
-        item_embeddings: nn.Embedding,
+        item_table: torch.Tensor,
         similarity: nn.Module,
         negative_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (P, 1 + R) of [positive, negatives] / temperature, and the (P, R) mask of negatives equal to
-        their positive (false negatives). Negatives are sampled unless `negative_ids` (P, R) are given."""
+        their positive (false negatives). `item_table` is `similarity.item_table(item_weight)`; negatives are sampled
+        unless `negative_ids` (P, R) are given."""
         if negative_ids is None:
             negative_ids = sample_negatives(positive_ids, self.num_negatives, self.num_items, self.negative_sampling)
         candidate_ids = torch.cat([positive_ids.unsqueeze(1), negative_ids], dim=1)
-        logits = similarity(user_embeddings, item_embeddings(candidate_ids)) / self.temperature
+        logits = similarity(user_embeddings, F.embedding(candidate_ids, item_table)) / self.temperature
         return logits, negative_ids == positive_ids.unsqueeze(1)
 
 
 class SampledSoftmaxLoss(NegativeSamplingLoss):
     """Cross-entropy of the positive against R sampled negatives, averaged over positions."""
 
-    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity, negative_ids=None) -> torch.Tensor:
+    def forward(self, user_embeddings, positive_ids, item_table, similarity, negative_ids=None) -> torch.Tensor:
         """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""
         logits, false_negatives = self.candidate_logits(
-            user_embeddings, positive_ids, item_embeddings, similarity, negative_ids
+            user_embeddings, positive_ids, item_table, similarity, negative_ids
         )
         logits = logits.masked_fill(F.pad(false_negatives, (1, 0), value=False), torch.finfo(logits.dtype).min)
         return F.cross_entropy(logits, torch.zeros_like(positive_ids))
@@ -79,10 +80,10 @@ class BinaryCrossEntropyLoss(NegativeSamplingLoss):
 
     num_negatives_per_positive = 1
 
-    def forward(self, user_embeddings, positive_ids, item_embeddings, similarity, negative_ids=None) -> torch.Tensor:
+    def forward(self, user_embeddings, positive_ids, item_table, similarity, negative_ids=None) -> torch.Tensor:
         """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""
         logits, false_negatives = self.candidate_logits(
-            user_embeddings, positive_ids, item_embeddings, similarity, negative_ids
+            user_embeddings, positive_ids, item_table, similarity, negative_ids
         )
         targets = torch.zeros_like(logits)
         targets[:, 0] = 1.0

@@ -132,6 +132,10 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         """Whether the input preprocessor reads `ratings`."""
         return self.config.input_preprocessor != "learnable_positional"
 
+    def item_table(self) -> torch.Tensor:
+        """(num_items + 1, R) item representations that the similarity scores users against (row 0 = padding)."""
+        return self.similarity.item_table(self.item_embeddings.weight)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.item_embeddings
 
@@ -318,7 +322,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 loss = self.training_loss(
                     hidden_states[supervised],
                     next_labels[supervised],
-                    self.item_embeddings,
+                    self.item_table(),
                     self.similarity,
                     negative_ids,
                 )
@@ -402,6 +406,6 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             if ((candidate_ids < 1) | (candidate_ids > self.config.num_items)).any():
                 raise ValueError(f"candidate_ids must be item ids in [1, {self.config.num_items}].")
         item_ids, scores = top_k_items(
-            outputs.user_embeddings, self.item_embeddings, self.similarity, k, exclude_ids, candidate_ids
+            outputs.user_embeddings, self.item_table(), self.similarity, k, exclude_ids, candidate_ids
         )
         return RecommendationOutput(item_ids=item_ids, scores=scores)

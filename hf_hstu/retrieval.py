@@ -27,7 +27,7 @@ def _merge_top_k(
 
 def top_k_items(
     user_embeddings: torch.Tensor,
-    item_embeddings: nn.Embedding,
+    item_table: torch.Tensor,
     similarity: nn.Module,
     k: int,
     exclude_ids: torch.Tensor | None = None,
@@ -38,8 +38,8 @@ def top_k_items(
 
     Args:
         user_embeddings: (B, D).
-        item_embeddings: the item table (num_items + 1 rows; row 0 is padding and never returned).
-        similarity: scores (B, D) users against (C, D) or (B, C, D) items.
+        item_table: `similarity.item_table(item_weight)`, (num_items + 1, R); row 0 is padding, never returned.
+        similarity: scores (B, D) users against (C, R) or (B, C, R) item representations.
         k: items to return per user.
         exclude_ids: (B, N) item ids never to return for each user (e.g. the history; 0 entries are ignored).
         candidate_ids: None for the whole catalogue, (C,) ids shared by all users, or (B, C) ids per user;
@@ -54,7 +54,7 @@ def top_k_items(
     """
     batch_size = user_embeddings.shape[0]
     device = user_embeddings.device
-    num_items = item_embeddings.num_embeddings - 1
+    num_items = item_table.shape[0] - 1
     if candidate_ids is None:
         candidate_ids = torch.arange(1, num_items + 1, device=device)
     if k > candidate_ids.shape[-1]:
@@ -72,7 +72,7 @@ def top_k_items(
             excluded_positions = lookup[exclude_ids]
         for start in range(0, candidate_ids.shape[0], chunk_size):
             chunk_ids = candidate_ids[start : start + chunk_size]
-            scores = similarity(user_embeddings, item_embeddings(chunk_ids))  # (B, c)
+            scores = similarity(user_embeddings, item_table[chunk_ids])  # (B, c)
             if excluded_positions is not None:
                 scores = _mask_columns(scores, excluded_positions - start)
             best_scores, best_ids = _merge_top_k(best_scores, best_ids, scores, chunk_ids.expand(batch_size, -1), k)
@@ -80,7 +80,7 @@ def top_k_items(
         sorted_excluded = exclude_ids.sort(dim=1).values if exclude_ids is not None else None
         for start in range(0, candidate_ids.shape[1], chunk_size):
             chunk_ids = candidate_ids[:, start : start + chunk_size]
-            scores = similarity(user_embeddings, item_embeddings(chunk_ids))  # (B, c)
+            scores = similarity(user_embeddings, item_table[chunk_ids])  # (B, c)
             if sorted_excluded is not None:
                 positions = torch.searchsorted(sorted_excluded, chunk_ids).clamp(max=sorted_excluded.shape[1] - 1)
                 is_excluded = sorted_excluded.gather(1, positions) == chunk_ids
@@ -98,7 +98,7 @@ def top_k_items(
 
 def target_ranks(
     user_embeddings: torch.Tensor,
-    item_embeddings: nn.Embedding,
+    item_table: torch.Tensor,
     similarity: nn.Module,
     target_ids: torch.Tensor,
     exclude_ids: torch.Tensor | None = None,
@@ -111,6 +111,7 @@ def target_ranks(
 
     Args:
         user_embeddings: (B, D).
+        item_table: `similarity.item_table(item_weight)`, (num_items + 1, R).
         target_ids: (B,) ids in 1..num_items.
         exclude_ids: (B, N) item ids not ranked for each user (0 entries are ignored).
 
@@ -118,14 +119,14 @@ def target_ranks(
         (B,) int64 ranks.
     """
     batch_size = user_embeddings.shape[0]
-    num_items = item_embeddings.num_embeddings - 1
-    target_scores = similarity(user_embeddings, item_embeddings(target_ids.unsqueeze(1))).squeeze(1)  # (B,)
+    num_items = item_table.shape[0] - 1
+    target_scores = similarity(user_embeddings, item_table[target_ids.unsqueeze(1)]).squeeze(1)  # (B,)
     # Never count the target against itself: its chunk score may differ from target_scores in the last bit.
     not_ranked = target_ids.unsqueeze(1) if exclude_ids is None else torch.cat([exclude_ids, target_ids[:, None]], 1)
     chunk_size = max(1, max_scores_per_chunk // max(batch_size, 1))
     higher = torch.zeros(batch_size, dtype=torch.long, device=user_embeddings.device)
     for start in range(1, num_items + 1, chunk_size):
         chunk_ids = torch.arange(start, min(start + chunk_size, num_items + 1), device=user_embeddings.device)
-        scores = _mask_columns(similarity(user_embeddings, item_embeddings(chunk_ids)), not_ranked - start)
+        scores = _mask_columns(similarity(user_embeddings, item_table[chunk_ids]), not_ranked - start)
         higher += (scores > target_scores.unsqueeze(1)).sum(1)
     return higher + 1

@@ -1,7 +1,8 @@
 """User-item similarities shared by the training losses and `recommend`.
 
-Both take the user embeddings (P, D) (already post-processed by the model) and raw item embeddings, either one
-candidate set shared by all users (C, D) or one per user (P, C, D), and return logits (P, C).
+A similarity first turns the whole item embedding table into per-item representations (`item_table`, once per step:
+far cheaper than transforming every gathered candidate), then scores users (P, D) against candidate representations
+gathered from that table: one set shared by all users (C, R) or one per user (P, C, R), giving logits (P, C).
 """
 
 import torch
@@ -11,22 +12,27 @@ from torch import nn
 from .configuration_recommender import SequentialRecommenderConfig
 
 
-def _l2_normalize(embeddings: torch.Tensor) -> torch.Tensor:
-    return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+def l2_normalize(embeddings: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Unit-length vectors along the last dimension (norms clamped at `eps`)."""
+    return embeddings / embeddings.norm(dim=-1, keepdim=True).clamp(min=eps)
 
 
 def _pairwise_dot(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """(P, D) x (C, D) or (P, C, D) -> (P, C)."""
     if items.dim() == 2:
         return user @ items.transpose(0, 1)
-    return torch.einsum("pd,pcd->pc", user, items)
+    return torch.bmm(items, user.unsqueeze(-1)).squeeze(-1)
 
 
 class DotProductSimilarity(nn.Module):
     """Dot product of the user embedding with the L2-normalised item embedding (a cosine for L2 users)."""
 
-    def forward(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> torch.Tensor:
-        return _pairwise_dot(user_embeddings, _l2_normalize(item_embeddings))
+    def item_table(self, item_weight: torch.Tensor) -> torch.Tensor:
+        """(num_items + 1, D) raw embeddings -> (num_items + 1, D) unit-length item representations."""
+        return l2_normalize(item_weight)
+
+    def forward(self, user_embeddings: torch.Tensor, item_representations: torch.Tensor) -> torch.Tensor:
+        return _pairwise_dot(user_embeddings, item_representations)
 
 
 class MixtureOfLogitsSimilarity(nn.Module):
@@ -51,21 +57,24 @@ class MixtureOfLogitsSimilarity(nn.Module):
         self.item_gate = nn.Linear(config.hidden_size, num_pairs, bias=False)
         self.logit_gate = nn.Linear(num_pairs, num_pairs, bias=False)
 
-    def _components(self, embeddings: torch.Tensor, proj: nn.Linear, num_components: int) -> torch.Tensor:
-        """(..., D) -> (..., K, d_c) unit-length components."""
-        components = proj(embeddings).unflatten(-1, (num_components, self.component_dim))
-        return _l2_normalize(components)
+    def item_table(self, item_weight: torch.Tensor) -> torch.Tensor:
+        """(num_items + 1, D) -> (num_items + 1, K_i * d_c + K_u * K_i): unit components, then gate logits."""
+        components = l2_normalize(self.item_proj(item_weight).unflatten(-1, (self.num_item_components, -1)))
+        return torch.cat([components.flatten(-2), self.item_gate(item_weight)], dim=-1)
 
-    def forward(self, user_embeddings: torch.Tensor, item_embeddings: torch.Tensor) -> torch.Tensor:
-        user_components = self._components(user_embeddings, self.user_proj, self.num_user_components)  # (P, Ku, dc)
-        item_components = self._components(item_embeddings, self.item_proj, self.num_item_components)  # (..C, Ki, dc)
+    def forward(self, user_embeddings: torch.Tensor, item_representations: torch.Tensor) -> torch.Tensor:
+        component_size = self.num_item_components * self.component_dim
+        item_components = item_representations[..., :component_size].unflatten(-1, (self.num_item_components, -1))
+        item_gate_logits = item_representations[..., component_size:]  # (C, KK) or (P, C, KK)
+        user_components = l2_normalize(
+            self.user_proj(user_embeddings).unflatten(-1, (self.num_user_components, -1))
+        )  # (P, Ku, dc)
         if item_components.dim() == 3:  # candidates shared by all users: (C, Ki, dc)
             cosines = torch.einsum("pkd,cld->pckl", user_components, item_components)
         else:  # one candidate set per user: (P, C, Ki, dc)
             cosines = torch.einsum("pkd,pcld->pckl", user_components, item_components)
         cosines = cosines.flatten(-2)  # (P, C, Ku * Ki)
-        gate_logits = self.user_gate(user_embeddings).unsqueeze(1) + self.item_gate(item_embeddings)
-        gate_logits = gate_logits + self.logit_gate(cosines)
+        gate_logits = self.user_gate(user_embeddings).unsqueeze(1) + item_gate_logits + self.logit_gate(cosines)
         return (F.softmax(gate_logits, dim=-1) * cosines).sum(-1)
 
 

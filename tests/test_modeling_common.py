@@ -222,9 +222,9 @@ def test_top_k_is_the_same_in_small_chunks():
     users = torch.nn.functional.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     history = torch.tensor([[1, 2, 3, 0], [4, 4, 0, 0], [30, 29, 1, 2], [0, 0, 0, 0], [5, 6, 7, 8]])
     with torch.no_grad():
-        whole = top_k_items(users, model.item_embeddings, model.similarity, 7, exclude_ids=history)
+        whole = top_k_items(users, model.item_table(), model.similarity, 7, exclude_ids=history)
         chunked = top_k_items(
-            users, model.item_embeddings, model.similarity, 7, exclude_ids=history, max_scores_per_chunk=5 * 4
+            users, model.item_table(), model.similarity, 7, exclude_ids=history, max_scores_per_chunk=5 * 4
         )
     torch.testing.assert_close(whole[1], chunked[1])
     assert torch.equal(whole[0], chunked[0])
@@ -340,8 +340,8 @@ def test_target_ranks_match_a_brute_force_ranking():
     targets = torch.tensor([1, 5, 30, 17, 2, 9])
     history = torch.tensor([[2, 3, 0], [5, 6, 7], [1, 0, 0], [4, 4, 4], [0, 0, 0], [8, 10, 11]])
     with torch.no_grad():
-        ranks = target_ranks(users, model.item_embeddings, model.similarity, targets, history, max_scores_per_chunk=12)
-        scores = model.similarity(users, model.item_embeddings.weight)  # (6, 31)
+        ranks = target_ranks(users, model.item_table(), model.similarity, targets, history, max_scores_per_chunk=12)
+        scores = model.similarity(users, model.item_table())  # (6, 31)
     for row in range(6):
         excluded = {0, int(targets[row]), *history[row].tolist()}
         higher = [item for item in range(31) if item not in excluded and scores[row, item] > scores[row, targets[row]]]
