@@ -1,0 +1,284 @@
+"""Command-line arguments of training and evaluation (HfArgumentParser dataclasses) and the paper's presets.
+
+Values are resolved in this order: dataclass defaults < preset < YAML `--config` file < command-line flags.
+"""
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+# The paper's gin settings (Zhai et al. 2024, Appendix; research code configs) and the shared-data presets.
+_HSTU_COMMON = {"model_type": "hstu", "learning_rate": 1e-3, "batch_size": 128, "temperature": 0.05}
+PRESETS: dict[str, dict] = {
+    "ml-1m-hstu": {
+        **_HSTU_COMMON,
+        "dataset": "ml-1m",
+        "max_seq_len": 200,
+        "hidden_size": 50,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 1,
+        "attention_dim": 50,
+        "linear_dim": 50,
+        "dropout": 0.2,
+        "num_negatives": 128,
+        "num_epochs": 101,
+    },
+    "ml-1m-hstu-large": {
+        **_HSTU_COMMON,
+        "dataset": "ml-1m",
+        "max_seq_len": 200,
+        "hidden_size": 50,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 2,
+        "attention_dim": 25,
+        "linear_dim": 25,
+        "dropout": 0.2,
+        "num_negatives": 128,
+        "num_epochs": 101,
+    },
+    "ml-20m-hstu": {
+        **_HSTU_COMMON,
+        "dataset": "ml-20m",
+        "max_seq_len": 200,
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "attention_dim": 64,
+        "linear_dim": 64,
+        "dropout": 0.2,
+        "num_negatives": 128,
+        "num_epochs": 101,
+    },
+    "ml-20m-hstu-large": {
+        **_HSTU_COMMON,
+        "dataset": "ml-20m",
+        "max_seq_len": 200,
+        "hidden_size": 256,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 8,
+        "attention_dim": 32,
+        "linear_dim": 32,
+        "dropout": 0.2,
+        "num_negatives": 128,
+        "num_epochs": 101,
+    },
+    "books-hstu": {
+        **_HSTU_COMMON,
+        "dataset": "amazon-books",
+        "max_seq_len": 50,
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "attention_dim": 16,
+        "linear_dim": 16,
+        "dropout": 0.5,
+        "num_negatives": 512,
+        "num_epochs": 201,
+    },
+    "books-hstu-large": {
+        **_HSTU_COMMON,
+        "dataset": "amazon-books",
+        "max_seq_len": 50,
+        "hidden_size": 64,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 8,
+        "attention_dim": 8,
+        "linear_dim": 8,
+        "dropout": 0.5,
+        "num_negatives": 512,
+        "num_epochs": 201,
+    },
+    # Datasets of ../shared/data, with the ML-1M / Books architectures respectively.
+    "ml-100k-hstu": {
+        **_HSTU_COMMON,
+        "dataset": "ml-100k",
+        "max_seq_len": 200,
+        "hidden_size": 50,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 1,
+        "attention_dim": 50,
+        "linear_dim": 50,
+        "dropout": 0.2,
+        "num_negatives": 128,
+        "num_epochs": 101,
+    },
+    "beauty-hstu": {
+        **_HSTU_COMMON,
+        "dataset": "amazon-beauty-5core",
+        "max_seq_len": 50,
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "attention_dim": 16,
+        "linear_dim": 16,
+        "dropout": 0.5,
+        "num_negatives": 512,
+        "num_epochs": 201,
+    },
+    "sports-hstu": {
+        **_HSTU_COMMON,
+        "dataset": "amazon-sports-5core",
+        "max_seq_len": 50,
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "attention_dim": 16,
+        "linear_dim": 16,
+        "dropout": 0.5,
+        "num_negatives": 512,
+        "num_epochs": 201,
+    },
+}
+# SASRec twins: same data, width, depth, heads and training; feed-forward hidden = D with ReLU.
+for _name, _preset in list(PRESETS.items()):
+    if not _name.endswith("-large"):
+        _twin = {key: value for key, value in _preset.items() if key not in ("attention_dim", "linear_dim")}
+        PRESETS[_name.replace("-hstu", "-sasrec")] = {**_twin, "model_type": "sasrec"}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train, and the architecture fields that presets and users change most."""
+
+    model_type: str = field(default="hstu", metadata={"help": "hstu or sasrec."})
+    max_seq_len: int = field(default=50, metadata={"help": "Most recent events per history."})
+    hidden_size: int = field(default=64, metadata={"help": "Embedding dimension D."})
+    num_hidden_layers: int = field(default=2)
+    num_attention_heads: int = field(default=2)
+    attention_dim: int = field(default=32, metadata={"help": "HSTU query/key size per head."})
+    linear_dim: int = field(default=32, metadata={"help": "HSTU value/gate size per head."})
+    dropout: float = field(default=0.2, metadata={"help": "Input and layer dropout."})
+    num_negatives: int = field(default=128)
+    temperature: float = field(default=0.05)
+    loss: str = field(default="sampled_softmax", metadata={"help": "sampled_softmax or bce."})
+    negative_sampling: str = field(default="uniform", metadata={"help": "uniform or in_batch."})
+    similarity: str = field(default="dot", metadata={"help": "dot or mol."})
+    use_position_bias: bool = field(default=True, metadata={"help": "HSTU relative position bias."})
+    use_time_bias: bool = field(default=True, metadata={"help": "HSTU relative time bias."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Other config fields, e.g. 'max_output_len=11,concat_ua=true'."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the sequences come from."""
+
+    dataset: str = field(
+        default="synthetic",
+        metadata={
+            "help": "A preprocessed dataset folder (scripts/preprocess.py output) or a dataset name to build "
+            "(synthetic, ml-100k, ml-1m, ml-20m, ml-latest-small, amazon-books, amazon-beauty-5core, ...)."
+        },
+    )
+    raw_dir: str | None = field(default=None, metadata={"help": "Raw files of a named dataset already on disk."})
+    protocol: str = field(default="leave_one_out", metadata={"help": "Split protocol when building a dataset."})
+    dataloader_num_workers: int = field(default=0)
+
+
+@dataclass
+class RecTrainingArguments:
+    """The optimisation, evaluation, checkpointing and Hub settings."""
+
+    output_dir: str = field(default="outputs/run")
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Train into an output_dir that holds a run."})
+    preset: str | None = field(default=None, metadata={"help": f"One of: {', '.join(PRESETS)}."})
+    config: str | None = field(default=None, metadata={"help": "YAML file of argument values (flags override)."})
+    num_epochs: int = field(default=20)
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
+    batch_size: int = field(default=128, metadata={"help": "Global batch size, split across processes."})
+    eval_batch_size: int = field(default=256)
+    learning_rate: float = field(default=1e-3)
+    adam_beta1: float = field(default=0.9)
+    adam_beta2: float = field(default=0.98)
+    weight_decay: float = field(default=0.0)
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm."})
+    gradient_accumulation_steps: int = field(default=1)
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (bf16 on GPUs)."})
+    seed: int = field(default=42)
+    eval_every_epochs: int = field(default=1)
+    metric_for_best_model: str = field(default="ndcg@10")
+    early_stopping_patience: int | None = field(default=5, metadata={"help": "Evaluations without improvement."})
+    top_k: str = field(default="10,50,200", metadata={"help": "Cut-offs of HR and NDCG."})
+    save_total_limit: int = field(default=2, metadata={"help": "Full training states kept."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder of a previous run, or 'latest' in output_dir."}
+    )
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker, or 'none'."})
+    logging_steps: int = field(default=50)
+    push_to_hub: bool = field(default=False)
+    hub_model_id: str | None = field(default=None)
+    hub_private_repo: bool = field(default=False)
+
+    @property
+    def k_values(self) -> tuple[int, ...]:
+        return tuple(int(k) for k in self.top_k.split(","))
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecTrainingArguments)
+
+
+def _field_types() -> dict[str, type]:
+    types_by_name = {}
+    for argument_class in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(argument_class)
+        for dataclass_field in dataclasses.fields(argument_class):
+            types_by_name[dataclass_field.name] = hints[dataclass_field.name]
+    return types_by_name
+
+
+def _check_value(source: str, name: str, value, expected) -> None:
+    """Raise a ValueError naming `source` and `name` when `value` does not fit the annotation `expected`."""
+    allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    for candidate in allowed:
+        if candidate is type(None) and value is None:
+            return
+        if candidate is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if candidate is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if candidate in (str, bool) and isinstance(value, candidate):
+            return
+    names = " or ".join(getattr(c, "__name__", str(c)) for c in allowed)
+    raise ValueError(f"{source}: field '{name}' must be {names}, got {value!r}.")
+
+
+def resolve_defaults(config_file: str | None, preset: str | None) -> dict:
+    """Values of the preset (from the flag, else from the YAML file) updated by the YAML file, type-checked against
+    the argument dataclasses."""
+    field_types = _field_types()
+    loaded: dict = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of argument names to values.")
+        unknown = sorted(set(loaded) - set(field_types))
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}. Known fields: {sorted(field_types)}.")
+        for name, value in loaded.items():
+            _check_value(str(path), name, value, field_types[name])
+    preset = preset or loaded.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset '{preset}'. Available presets: {', '.join(sorted(PRESETS))}.")
+    return {**(PRESETS[preset] if preset else {}), **loaded}
+
+
+def parse_training_arguments(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, RecTrainingArguments]:
+    """Parse the command line, with `--preset` and `--config FILE` providing defaults that flags override."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    first_pass = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)[2]
+    parser.set_defaults(**resolve_defaults(first_pass.config, first_pass.preset))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args
