@@ -119,7 +119,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     checkpoint_path = _find_checkpoint(output_dir, training_args.resume_from_checkpoint) if resuming else None
     if checkpoint_path is not None:
         saved_config = json.loads((checkpoint_path / "model_config.json").read_text())
-        differences = _config_differences(saved_config, config.to_dict())
+        differences = _config_differences(saved_config, json.loads(json.dumps(config.to_dict(), sort_keys=True)))
         if differences:
             raise ValueError(
                 f"Cannot resume from {checkpoint_path}: its model config differs: " + "; ".join(differences)
@@ -132,11 +132,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         weight_decay=training_args.weight_decay,
     )
-    train_sampler = EpochSeededSampler(len(data.splits["train"]), training_args.seed)
     train_loader = DataLoader(
         data.splits["train"],
         batch_size=training_args.batch_size,
-        sampler=train_sampler,
+        sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
         collate_fn=data.collator,
         num_workers=data_args.dataloader_num_workers,
         drop_last=False,
@@ -177,7 +176,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     start_time = time.perf_counter()
     stop = False
     for epoch in range(state.epoch, training_args.num_epochs):
-        train_sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
         model.train()
         progress = tqdm(
             train_loader,
