@@ -131,16 +131,8 @@ def test_train_saves_a_best_model_that_reloads_and_recommends(tmp_path, tiny_dat
 def test_resumed_run_ends_with_the_same_weights(tmp_path, tiny_dataset):
     run(tmp_path, tiny_dataset, "--num_epochs", "3", "--early_stopping_patience", "10", name="straight")
     run(tmp_path, tiny_dataset, "--num_epochs", "2", "--early_stopping_patience", "10", name="killed")
-    run(
-        tmp_path,
-        tiny_dataset,
-        "--num_epochs",
-        "3",
-        "--early_stopping_patience",
-        "10",
-        name="killed",
-        *("--resume_from_checkpoint", "latest"),
-    )
+    resume = ("--num_epochs", "3", "--early_stopping_patience", "10", "--resume_from_checkpoint", "latest")
+    run(tmp_path, tiny_dataset, *resume, name="killed")
     straight = load_file(tmp_path / "straight" / "checkpoints" / "epoch_0003" / "model.safetensors")
     resumed = load_file(tmp_path / "killed" / "checkpoints" / "epoch_0003" / "model.safetensors")
     assert straight.keys() == resumed.keys()
