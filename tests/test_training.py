@@ -165,3 +165,15 @@ def test_bad_dataset_and_output_dir(tmp_path, tiny_dataset):
         run(tmp_path, tiny_dataset, "--num_epochs", "1")
     with pytest.raises(ValueError, match="push_to_hub needs --hub_model_id"):
         run(tmp_path, tiny_dataset, "--push_to_hub", "true", name="other")
+
+
+def test_every_shipped_config_file_parses_to_its_preset():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml"))
+    assert {path.stem for path in configs} == set(PRESETS)
+    for path in configs:
+        model_args, data_args, training_args = parse_training_arguments(["--config", str(path)])
+        preset = PRESETS[path.stem]
+        assert model_args.model_type == preset["model_type"] and model_args.hidden_size == preset["hidden_size"]
+        assert training_args.num_epochs == preset["num_epochs"] and data_args.dataset == f"data/{preset['dataset']}"
