@@ -69,6 +69,25 @@ class EventBatch:
     source_positions: torch.Tensor
     input_length: int
 
+    def select(self, rows: torch.Tensor) -> "EventBatch":
+        """The given rows, trimmed to their longest sequence."""
+        width = int(self.lengths[rows].max())
+
+        def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[rows, :width]
+
+        return EventBatch(
+            input_ids=take(self.input_ids),
+            attention_mask=take(self.attention_mask),
+            timestamps=take(self.timestamps),
+            ratings=take(self.ratings),
+            labels=take(self.labels),
+            target_timestamps=None if self.target_timestamps is None else self.target_timestamps[rows],
+            lengths=self.lengths[rows],
+            source_positions=take(self.source_positions),
+            input_length=self.input_length,
+        )
+
 
 def _as_tensor(name: str, value, device: torch.device, dims: int, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """`value` as an int64 tensor on `device` with `dims` dimensions (and `shape` when given), or a ValueError."""
@@ -86,6 +105,11 @@ def _check_range(name: str, values: torch.Tensor, valid: torch.Tensor, low: int,
     if bad.any():
         row, col = (int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"{name}[{row}, {col}] = {int(values[row, col])} is outside [{low}, {high}].")
+
+
+def _last_states(hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, W, D) right-padded states -> (B, D) state of each row's last real position."""
+    return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), lengths - 1]
 
 
 def next_event_timestamps(
@@ -297,7 +321,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
         hidden_states = self._encode_events(batch)  # (B, W, D)
         batch_size = hidden_states.shape[0]
-        user_embeddings = hidden_states[torch.arange(batch_size, device=hidden_states.device), batch.lengths - 1]
+        user_embeddings = _last_states(hidden_states, batch.lengths)
 
         loss = None
         if batch.labels is not None:
@@ -337,6 +361,38 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         )
 
     @torch.no_grad()
+    def embed_users(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        timestamps: torch.LongTensor | None = None,
+        target_timestamps: torch.LongTensor | None = None,
+        ratings: torch.LongTensor | None = None,
+        chunk_size: int = 256,
+    ) -> torch.Tensor:
+        r"""
+        (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
+        chunks of at most `chunk_size` rows of similar length: memory stays bounded and little is spent on
+        padding, whatever the batch. Inputs are those of `forward`.
+        """
+        batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
+        order = torch.argsort(batch.lengths, descending=True, stable=True)
+        user_embeddings = None
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, order.shape[0], chunk_size):
+                rows = order[start : start + chunk_size]
+                chunk = batch.select(rows)
+                states = _last_states(self._encode_events(chunk), chunk.lengths)
+                if user_embeddings is None:
+                    user_embeddings = states.new_empty(order.shape[0], states.shape[-1])
+                user_embeddings[rows] = states
+        finally:
+            self.train(was_training)
+        return user_embeddings
+
+    @torch.no_grad()
     def recommend(
         self,
         input_ids: torch.LongTensor,
@@ -351,7 +407,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         r"""
         Top-k next items for each history, scored against the whole catalogue (or `candidate_ids`).
 
-        Runs in eval mode (no dropout) and restores the previous mode. Inputs are those of `forward`; histories
+        Runs in eval mode (no dropout; see `embed_users`) and restores the previous mode. Inputs are those of
+        `forward`; histories
         longer than `max_seq_len` are truncated to their most recent events, but every item of the given history is
         filtered out when `filter_seen`.
 
@@ -375,19 +432,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             )
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = self(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                timestamps=timestamps,
-                target_timestamps=target_timestamps,
-                ratings=ratings,
-            )
-        finally:
-            self.train(was_training)
-        device = outputs.user_embeddings.device
+        user_embeddings = self.embed_users(input_ids, attention_mask, timestamps, target_timestamps, ratings)
+        device = user_embeddings.device
         exclude_ids = None
         if filter_seen:
             exclude_ids = torch.as_tensor(input_ids, device=device).long()
@@ -396,7 +442,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         if candidate_ids is not None:
             candidate_ids = torch.as_tensor(candidate_ids, device=device)
             if candidate_ids.dim() not in (1, 2) or (
-                candidate_ids.dim() == 2 and candidate_ids.shape[0] != outputs.user_embeddings.shape[0]
+                candidate_ids.dim() == 2 and candidate_ids.shape[0] != user_embeddings.shape[0]
             ):
                 raise ValueError(
                     f"candidate_ids must have shape (num_candidates,) or (batch_size, num_candidates), got "
@@ -406,6 +452,6 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             if ((candidate_ids < 1) | (candidate_ids > self.config.num_items)).any():
                 raise ValueError(f"candidate_ids must be item ids in [1, {self.config.num_items}].")
         item_ids, scores = top_k_items(
-            outputs.user_embeddings, self.item_table(), self.similarity, k, exclude_ids, candidate_ids
+            user_embeddings, self.item_table(), self.similarity, k, exclude_ids, candidate_ids
         )
         return RecommendationOutput(item_ids=item_ids, scores=scores)

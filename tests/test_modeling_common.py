@@ -363,3 +363,12 @@ def test_explicit_negatives_equal_sampled_ones(model_type):
         model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives[1:])
     with pytest.raises(ValueError, match="negative_ids"):
         model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives * 0)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_embed_users_in_length_sorted_chunks_equals_forward(model_type):
+    model = tiny_model(model_type).train()  # embed_users runs in eval mode and restores the mode
+    batch = right_padded_batch(lengths=(5, 3, 8, 1, 7, 2))
+    chunked = model.embed_users(**model_inputs(batch), chunk_size=2)
+    assert model.training
+    torch.testing.assert_close(chunked, model.eval()(**model_inputs(batch)).user_embeddings, atol=1e-6, rtol=1e-5)

@@ -26,24 +26,21 @@ def evaluate_ranking(
     result equals a single-process run exactly.
     """
     model = accelerator.unwrap_model(model) if accelerator is not None else model
-    was_training = model.training
-    model.eval()
     accumulator = RankingMetricsAccumulator(max_rank=model.config.num_items, k_values=k_values)
     item_table = model.item_table()
     for batch in dataloader:
-        outputs = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            timestamps=batch["timestamps"],
-            target_timestamps=batch["target_timestamps"],
-            ratings=batch.get("ratings") if model.requires_ratings else None,
+        user_embeddings = model.embed_users(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["timestamps"],
+            batch["target_timestamps"],
+            batch.get("ratings") if model.requires_ratings else None,
         )
         history = batch["input_ids"] * (batch["attention_mask"] != 0)
-        ranks = target_ranks(outputs.user_embeddings, item_table, model.similarity, batch["target_ids"], history)
+        ranks = target_ranks(user_embeddings, item_table, model.similarity, batch["target_ids"], history)
         if accelerator is not None:
             ranks = accelerator.gather_for_metrics(ranks)
         accumulator.update(ranks)
-    model.train(was_training)
     return accumulator.compute()
 
 
