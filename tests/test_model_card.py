@@ -116,7 +116,7 @@ def test_preset_cards_hold_no_unmeasured_figures():
         _assert_no_template_left(text)
         assert card.data.eval_results is None, preset  # nothing measured yet: no model-index
         assert "No figures yet" in text, preset
-        assert f"accelerate launch scripts/train.py --preset {preset}\n" in text, preset
+        assert f"accelerate launch scripts/train.py --config scripts/configs/{preset}.yaml\n" in text, preset
         for key, value in values.items():
             assert f'"{key}": {json.dumps(value)}' in text, (preset, key)
         assert f"({preset}.md)" in readme, preset
