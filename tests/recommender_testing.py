@@ -53,3 +53,73 @@ def to_left_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rows = [torch.cat([row.new_zeros(width - n), row[:n]]) for row, n in zip(tensor, lengths.tolist(), strict=True)]
         shifted[name] = torch.stack(rows)
     return shifted
+
+
+# Command-line arguments of a tiny, fast training run (add --dataset and --output_dir).
+TINY_TRAINING_ARGUMENTS = (
+    "--hidden_size 16 --num_hidden_layers 1 --num_attention_heads 1 --attention_dim 8 --linear_dim 8 "
+    "--max_seq_len 20 --num_negatives 16 --batch_size 16 --eval_batch_size 32 --report_to none --seed 0"
+).split()
+
+
+def save_tiny_dataset(path, num_users: int = 48):
+    """A saved synthetic dataset of `num_users` users and 40 items; returns its folder."""
+    from hf_hstu.data import build_sequences, make_synthetic_interactions
+
+    interactions = make_synthetic_interactions(
+        num_users=num_users, num_items=40, num_clusters=4, min_length=6, max_length=24, seed=0
+    )
+    return build_sequences(interactions, dataset_name="tiny").save(path)
+
+
+# A script that loads a checkpoint (folder or Hub repo) in a fresh process and writes the user embeddings and top-5
+# recommendations of a batch. With mode "hidden", hf_hstu and triton cannot be imported, so the model must come from
+# the checkpoint's own code (trust_remote_code).
+LOADER = """
+import importlib.abc, json, sys
+import torch
+
+source, mode, inputs_file, outputs_file = sys.argv[1:5]
+if mode == "hidden":
+    class Hidden(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("hf_hstu", "triton"):
+                raise ImportError(f"{name} is hidden in this test")
+            return None
+
+    sys.meta_path.insert(0, Hidden())
+    sys.path = [p for p in sys.path if p not in ("", ".")]
+else:
+    import hf_hstu  # registers the models with the Auto classes
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained(source, trust_remote_code=mode == "hidden")
+expected_module = "transformers_modules" if mode == "hidden" else "hf_hstu"
+assert type(model).__module__.startswith(expected_module), type(model).__module__
+assert mode != "hidden" or "hf_hstu" not in sys.modules
+batch = {key: torch.tensor(value) for key, value in json.load(open(inputs_file)).items()}
+recommendations = model.recommend(**batch, k=5)
+json.dump({"user_embeddings": model.embed_users(**batch).tolist(), "item_ids": recommendations.item_ids.tolist(),
+           "scores": recommendations.scores.tolist()}, open(outputs_file, "w"))
+"""
+
+
+def load_in_fresh_process(tmp_path, source: str, mode: str, inputs: dict[str, torch.Tensor], env: dict) -> dict:
+    """Run LOADER on `source` in a subprocess ("installed" or "hidden" package) and return what it wrote."""
+    import json
+    import subprocess
+    import sys
+
+    inputs_file, outputs_file = tmp_path / "inputs.json", tmp_path / f"outputs_{mode}.json"
+    inputs_file.write_text(json.dumps({key: value.tolist() for key, value in inputs.items()}))
+    (tmp_path / "loader.py").write_text(LOADER)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "loader.py"), source, mode, str(inputs_file), str(outputs_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return json.loads(outputs_file.read_text())

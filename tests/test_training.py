@@ -5,49 +5,21 @@ import json
 
 import pytest
 import torch
+from recommender_testing import TINY_TRAINING_ARGUMENTS, save_tiny_dataset
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from hf_hstu.data import ItemVocabulary, build_sequences, make_synthetic_interactions
+from hf_hstu.data import ItemVocabulary
 from hf_hstu.training.arguments import PRESETS, parse_training_arguments
 from hf_hstu.training.loop import train
 from hf_hstu.training.model_config import build_model_config
 
-TINY = [
-    "--hidden_size",
-    "16",
-    "--num_hidden_layers",
-    "1",
-    "--num_attention_heads",
-    "1",
-    "--attention_dim",
-    "8",
-    "--linear_dim",
-    "8",
-    "--max_seq_len",
-    "20",
-    "--num_negatives",
-    "16",
-    "--batch_size",
-    "16",
-    "--eval_batch_size",
-    "32",
-    "--report_to",
-    "none",
-    "--top_k",
-    "5,10",
-]
+TINY = [*TINY_TRAINING_ARGUMENTS, "--top_k", "5,10"]
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    """A saved synthetic dataset of 48 users and 40 items."""
-    interactions = make_synthetic_interactions(
-        num_users=48, num_items=40, num_clusters=4, min_length=6, max_length=24, seed=0
-    )
-    path = tmp_path_factory.mktemp("data") / "tiny"
-    build_sequences(interactions, dataset_name="tiny").save(path)
-    return path
+    return save_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
 def run(tmp_path, tiny_dataset, *extra: str, name: str = "run"):
