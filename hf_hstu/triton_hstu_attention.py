@@ -78,6 +78,13 @@ _AUTOTUNE_KEY = ["AUTOTUNE_MAX_SEQ_LEN", "DQK", "DV", "HAS_POSITION_BIAS", "HAS_
 
 
 @triton.jit
+def _load_rows(base, seq_start, offs_t, mask_t, stride_t, head_offset, offs_d, size_d: tl.constexpr):
+    """Rows `offs_t` of one head of a jagged (T, H, d) tensor, zero beyond the sequence and beyond d."""
+    pointers = base + (seq_start + offs_t[:, None]) * stride_t + head_offset + offs_d[None, :]
+    return tl.load(pointers, mask=mask_t[:, None] & (offs_d[None, :] < size_d), other=0.0)
+
+
+@triton.jit
 def _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor):
     """Bucket of each (query, key) pair from broadcastable int64 timestamps, exactly as ``time_bucket_ids``.
 
@@ -177,26 +184,14 @@ def _hstu_attn_fwd(
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     mask_m = offs_m < seq_len
-    q = tl.load(
-        Q + (seq_start + offs_m[:, None]) * stride_qt + head * stride_qh + offs_dqk[None, :],
-        mask=mask_m[:, None] & (offs_dqk[None, :] < DQK),
-        other=0.0,
-    )
+    q = _load_rows(Q, seq_start, offs_m, mask_m, stride_qt, head * stride_qh, offs_dqk, DQK)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     end_n = tl.minimum(start_m + BLOCK_M, seq_len)
     for start_n in range(0, end_n, BLOCK_N):
         offs_n = start_n + offs_n_block
         mask_n = offs_n < seq_len
-        k = tl.load(
-            K + (seq_start + offs_n[:, None]) * stride_kt + head * stride_kh + offs_dqk[None, :],
-            mask=mask_n[:, None] & (offs_dqk[None, :] < DQK),
-            other=0.0,
-        )
-        v = tl.load(
-            V + (seq_start + offs_n[:, None]) * stride_vt + head * stride_vh + offs_dv[None, :],
-            mask=mask_n[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
+        k = _load_rows(K, seq_start, offs_n, mask_n, stride_kt, head * stride_kh, offs_dqk, DQK)
+        v = _load_rows(V, seq_start, offs_n, mask_n, stride_vt, head * stride_vh, offs_dv, DV)
         # causal, and a real query (then the key is real too, j <= i < seq_len)
         valid = (offs_n[None, :] <= offs_m[:, None]) & mask_m[:, None]  # (BLOCK_M, BLOCK_N)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
@@ -316,16 +311,8 @@ def _hstu_attn_bwd_dkdv(
     for start_m in range((start_n // BLOCK_M) * BLOCK_M, seq_len, BLOCK_M):
         offs_m = start_m + offs_m_block
         mask_m = offs_m < seq_len
-        q = tl.load(
-            Q + (seq_start + offs_m[:, None]) * stride_qt + head * stride_qh + offs_dqk[None, :],
-            mask=mask_m[:, None] & (offs_dqk[None, :] < DQK),
-            other=0.0,
-        )
-        dout = tl.load(
-            DOUT + (seq_start + offs_m[:, None]) * stride_dot + head * stride_doh + offs_dv[None, :],
-            mask=mask_m[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
+        q = _load_rows(Q, seq_start, offs_m, mask_m, stride_qt, head * stride_qh, offs_dqk, DQK)
+        dout = _load_rows(DOUT, seq_start, offs_m, mask_m, stride_dot, head * stride_doh, offs_dv, DV)
         # transposed tile: rows are keys j, columns queries i
         valid = (offs_n[:, None] <= offs_m[None, :]) & mask_m[None, :]  # (BLOCK_N, BLOCK_M)
         s = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)
@@ -437,26 +424,14 @@ def _hstu_attn_bwd_dq(
     mask_qqk = mask_m[:, None] & (offs_dqk[None, :] < DQK)
     q_offsets = (seq_start + offs_m[:, None]) * stride_qt + head * stride_qh + offs_dqk[None, :]
     q = tl.load(Q + q_offsets, mask=mask_qqk, other=0.0)
-    dout = tl.load(
-        DOUT + (seq_start + offs_m[:, None]) * stride_dot + head * stride_doh + offs_dv[None, :],
-        mask=mask_m[:, None] & (offs_dv[None, :] < DV),
-        other=0.0,
-    )
+    dout = _load_rows(DOUT, seq_start, offs_m, mask_m, stride_dot, head * stride_doh, offs_dv, DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     end_n = tl.minimum(start_m + BLOCK_M, seq_len)
     for start_n in range(0, end_n, BLOCK_N):
         offs_n = start_n + offs_n_block
         mask_n = offs_n < seq_len
-        k = tl.load(
-            K + (seq_start + offs_n[:, None]) * stride_kt + head * stride_kh + offs_dqk[None, :],
-            mask=mask_n[:, None] & (offs_dqk[None, :] < DQK),
-            other=0.0,
-        )
-        v = tl.load(
-            V + (seq_start + offs_n[:, None]) * stride_vt + head * stride_vh + offs_dv[None, :],
-            mask=mask_n[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
+        k = _load_rows(K, seq_start, offs_n, mask_n, stride_kt, head * stride_kh, offs_dqk, DQK)
+        v = _load_rows(V, seq_start, offs_n, mask_n, stride_vt, head * stride_vh, offs_dv, DV)
         valid = (offs_n[None, :] <= offs_m[:, None]) & mask_m[:, None]  # (BLOCK_M, BLOCK_N)
         s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
         s, _ = _scores(
