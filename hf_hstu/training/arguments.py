@@ -13,128 +13,39 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-# The paper's gin settings (Zhai et al. 2024, Appendix; research code configs) and the shared-data presets.
-_HSTU_COMMON = {"model_type": "hstu", "learning_rate": 1e-3, "batch_size": 128, "temperature": 0.05}
+
+# The paper's gin settings (Zhai et al. 2024, Appendix; research code configs): architecture and training per preset.
+def _hstu(dataset, max_seq_len, hidden_size, layers, heads, head_dim, dropout, negatives, epochs) -> dict:
+    return {
+        "model_type": "hstu",
+        "dataset": dataset,
+        "max_seq_len": max_seq_len,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "attention_dim": head_dim,
+        "linear_dim": head_dim,
+        "dropout": dropout,
+        "num_negatives": negatives,
+        "num_epochs": epochs,
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "temperature": 0.05,
+    }
+
+
 PRESETS: dict[str, dict] = {
-    "ml-1m-hstu": {
-        **_HSTU_COMMON,
-        "dataset": "ml-1m",
-        "max_seq_len": 200,
-        "hidden_size": 50,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 1,
-        "attention_dim": 50,
-        "linear_dim": 50,
-        "dropout": 0.2,
-        "num_negatives": 128,
-        "num_epochs": 101,
-    },
-    "ml-1m-hstu-large": {
-        **_HSTU_COMMON,
-        "dataset": "ml-1m",
-        "max_seq_len": 200,
-        "hidden_size": 50,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 2,
-        "attention_dim": 25,
-        "linear_dim": 25,
-        "dropout": 0.2,
-        "num_negatives": 128,
-        "num_epochs": 101,
-    },
-    "ml-20m-hstu": {
-        **_HSTU_COMMON,
-        "dataset": "ml-20m",
-        "max_seq_len": 200,
-        "hidden_size": 256,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "attention_dim": 64,
-        "linear_dim": 64,
-        "dropout": 0.2,
-        "num_negatives": 128,
-        "num_epochs": 101,
-    },
-    "ml-20m-hstu-large": {
-        **_HSTU_COMMON,
-        "dataset": "ml-20m",
-        "max_seq_len": 200,
-        "hidden_size": 256,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 8,
-        "attention_dim": 32,
-        "linear_dim": 32,
-        "dropout": 0.2,
-        "num_negatives": 128,
-        "num_epochs": 101,
-    },
-    "books-hstu": {
-        **_HSTU_COMMON,
-        "dataset": "amazon-books",
-        "max_seq_len": 50,
-        "hidden_size": 64,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "attention_dim": 16,
-        "linear_dim": 16,
-        "dropout": 0.5,
-        "num_negatives": 512,
-        "num_epochs": 201,
-    },
-    "books-hstu-large": {
-        **_HSTU_COMMON,
-        "dataset": "amazon-books",
-        "max_seq_len": 50,
-        "hidden_size": 64,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 8,
-        "attention_dim": 8,
-        "linear_dim": 8,
-        "dropout": 0.5,
-        "num_negatives": 512,
-        "num_epochs": 201,
-    },
-    # Datasets of ../shared/data, with the ML-1M / Books architectures respectively.
-    "ml-100k-hstu": {
-        **_HSTU_COMMON,
-        "dataset": "ml-100k",
-        "max_seq_len": 200,
-        "hidden_size": 50,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 1,
-        "attention_dim": 50,
-        "linear_dim": 50,
-        "dropout": 0.2,
-        "num_negatives": 128,
-        "num_epochs": 101,
-    },
-    "beauty-hstu": {
-        **_HSTU_COMMON,
-        "dataset": "amazon-beauty-5core",
-        "max_seq_len": 50,
-        "hidden_size": 64,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "attention_dim": 16,
-        "linear_dim": 16,
-        "dropout": 0.5,
-        "num_negatives": 512,
-        "num_epochs": 201,
-    },
-    "sports-hstu": {
-        **_HSTU_COMMON,
-        "dataset": "amazon-sports-5core",
-        "max_seq_len": 50,
-        "hidden_size": 64,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "attention_dim": 16,
-        "linear_dim": 16,
-        "dropout": 0.5,
-        "num_negatives": 512,
-        "num_epochs": 201,
-    },
+    "ml-1m-hstu": _hstu("ml-1m", 200, 50, 2, 1, 50, 0.2, 128, 101),
+    "ml-1m-hstu-large": _hstu("ml-1m", 200, 50, 8, 2, 25, 0.2, 128, 101),
+    "ml-20m-hstu": _hstu("ml-20m", 200, 256, 4, 4, 64, 0.2, 128, 101),
+    "ml-20m-hstu-large": _hstu("ml-20m", 200, 256, 16, 8, 32, 0.2, 128, 101),
+    "books-hstu": _hstu("amazon-books", 50, 64, 4, 4, 16, 0.5, 512, 201),
+    "books-hstu-large": _hstu("amazon-books", 50, 64, 16, 8, 8, 0.5, 512, 201),
 }
+# The datasets of ../shared/data, with the ML-1M (MovieLens) and Books (Amazon) architectures.
+PRESETS["ml-100k-hstu"] = {**PRESETS["ml-1m-hstu"], "dataset": "ml-100k"}
+PRESETS["beauty-hstu"] = {**PRESETS["books-hstu"], "dataset": "amazon-beauty-5core"}
+PRESETS["sports-hstu"] = {**PRESETS["books-hstu"], "dataset": "amazon-sports-5core"}
 # SASRec twins: same data, width, depth, heads and training; feed-forward hidden = D with ReLU.
 for _name, _preset in list(PRESETS.items()):
     if not _name.endswith("-large"):
