@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_recommender import SequentialRecommenderConfig
+from .similarity import Similarity
 
 
 def sample_negatives(
@@ -50,7 +51,7 @@ class NegativeSamplingLoss(nn.Module):
         user_embeddings: torch.Tensor,
         positive_ids: torch.Tensor,
         item_table: torch.Tensor,
-        similarity: nn.Module,
+        similarity: Similarity,
         negative_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (P, 1 + R) of [positive, negatives] / temperature, and the (P, R) mask of negatives equal to
@@ -59,7 +60,7 @@ class NegativeSamplingLoss(nn.Module):
         if negative_ids is None:
             negative_ids = sample_negatives(positive_ids, self.num_negatives, self.num_items, self.negative_sampling)
         candidate_ids = torch.cat([positive_ids.unsqueeze(1), negative_ids], dim=1)
-        logits = similarity(user_embeddings, F.embedding(candidate_ids, item_table)) / self.temperature
+        logits = similarity.score_candidates(user_embeddings, item_table, candidate_ids) / self.temperature
         return logits, negative_ids == positive_ids.unsqueeze(1)
 
 

@@ -1,7 +1,8 @@
 """Brute-force top-k retrieval over the item catalogue (or a candidate set), in bounded memory."""
 
 import torch
-from torch import nn
+
+from .similarity import Similarity
 
 # Scores held at once per chunk: users x candidates; bounds memory for large catalogues (~64 MB in fp32).
 DEFAULT_MAX_SCORES_PER_CHUNK = 2**24
@@ -28,7 +29,7 @@ def _merge_top_k(
 def top_k_items(
     user_embeddings: torch.Tensor,
     item_table: torch.Tensor,
-    similarity: nn.Module,
+    similarity: Similarity,
     k: int,
     exclude_ids: torch.Tensor | None = None,
     candidate_ids: torch.Tensor | None = None,
@@ -99,7 +100,7 @@ def top_k_items(
 def target_ranks(
     user_embeddings: torch.Tensor,
     item_table: torch.Tensor,
-    similarity: nn.Module,
+    similarity: Similarity,
     target_ids: torch.Tensor,
     exclude_ids: torch.Tensor | None = None,
     max_scores_per_chunk: int = DEFAULT_MAX_SCORES_PER_CHUNK,

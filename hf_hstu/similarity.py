@@ -24,8 +24,33 @@ def _pairwise_dot(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     return torch.bmm(items, user.unsqueeze(-1)).squeeze(-1)
 
 
-class DotProductSimilarity(nn.Module):
+class Similarity(nn.Module):
+    """Base of the similarities: scoring of per-user candidate ids by gathering their representations."""
+
+    def score_candidates(
+        self, user_embeddings: torch.Tensor, item_table: torch.Tensor, candidate_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """(P, D) users against their own (P, C) candidate ids -> (P, C) logits."""
+        return self(user_embeddings, F.embedding(candidate_ids, item_table))
+
+
+class DotProductSimilarity(Similarity):
     """Dot product of the user embedding with the L2-normalised item embedding (a cosine for L2 users)."""
+
+    # Score the whole catalogue and pick the candidates when that is cheaper than gathering (P, C, D) rows: the
+    # catalogue is at most this many times the candidates per user (measured on 2 CPU cores: 1.45x faster at
+    # 3,707 items and 129 candidates), and the (P, num_items) logits stay under this many elements.
+    dense_scoring_max_ratio = 32
+    dense_scoring_max_elements = 2**27
+
+    def score_candidates(self, user_embeddings, item_table, candidate_ids):
+        num_rows, num_candidates = candidate_ids.shape
+        if (
+            item_table.shape[0] <= self.dense_scoring_max_ratio * num_candidates
+            and num_rows * item_table.shape[0] <= self.dense_scoring_max_elements
+        ):
+            return (user_embeddings @ item_table.transpose(0, 1)).gather(1, candidate_ids)
+        return super().score_candidates(user_embeddings, item_table, candidate_ids)
 
     def item_table(self, item_weight: torch.Tensor) -> torch.Tensor:
         """(num_items + 1, D) raw embeddings -> (num_items + 1, D) unit-length item representations."""
@@ -35,7 +60,7 @@ class DotProductSimilarity(nn.Module):
         return _pairwise_dot(user_embeddings, item_representations)
 
 
-class MixtureOfLogitsSimilarity(nn.Module):
+class MixtureOfLogitsSimilarity(Similarity):
     """Mixture of logits (Zhai et al., "Revisiting Neural Retrieval on Accelerators", KDD 2023).
 
     The user and the item embeddings are each projected to K_u and K_i unit-length components; the K_u * K_i
@@ -78,7 +103,7 @@ class MixtureOfLogitsSimilarity(nn.Module):
         return (F.softmax(gate_logits, dim=-1) * cosines).sum(-1)
 
 
-def build_similarity(config: SequentialRecommenderConfig) -> nn.Module:
+def build_similarity(config: SequentialRecommenderConfig) -> Similarity:
     """The similarity named by `config.similarity`."""
     if config.similarity == "mol":
         return MixtureOfLogitsSimilarity(config)

@@ -372,3 +372,20 @@ def test_embed_users_in_length_sorted_chunks_equals_forward(model_type):
     chunked = model.embed_users(**model_inputs(batch), chunk_size=2)
     assert model.training
     torch.testing.assert_close(chunked, model.eval()(**model_inputs(batch)).user_embeddings, atol=1e-6, rtol=1e-5)
+
+
+def test_dense_and_gathered_candidate_scores_agree():
+    from hf_hstu.similarity import DotProductSimilarity
+
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randn(50, 16, generator=generator)
+    table = torch.randn(31, 16, generator=generator)
+    candidates = torch.randint(1, 31, (50, 9), generator=generator)
+    dense, gathered = DotProductSimilarity(), DotProductSimilarity()
+    gathered.dense_scoring_max_ratio = 0  # always gather
+    torch.testing.assert_close(
+        dense.score_candidates(users, table, candidates), gathered.score_candidates(users, table, candidates)
+    )
+    torch.testing.assert_close(
+        dense.score_candidates(users, table, candidates), (users.unsqueeze(1) * table[candidates]).sum(-1)
+    )
