@@ -36,9 +36,9 @@ def time_bucket_ids(
     Returns:
         (B, N, N) int64 bucket indices in ``[0, num_buckets]``; they carry no gradient.
     """
-    gaps = query_timestamps.unsqueeze(2) - key_timestamps.unsqueeze(1)  # (B, N, N)
-    log_gaps = torch.log(gaps.abs().clamp(min=1).to(torch.float32))
-    return torch.clamp(torch.floor(log_gaps / bucket_divisor), 0, num_buckets).long()
+    gaps = query_timestamps.unsqueeze(2) - key_timestamps.unsqueeze(1)  # (B, N, N), exact in int64
+    log_gaps = gaps.abs_().clamp_(min=1).to(torch.float32).log_()  # in place: N x N temporaries are the cost
+    return log_gaps.div_(bucket_divisor).floor_().clamp_(0, num_buckets).long()
 
 
 def relative_position_bias(position_weights: torch.Tensor, seq_len: int) -> torch.Tensor:
