@@ -13,6 +13,7 @@ from .configuration_sasrec import SASRecConfig
 from .modeling_hstu import HSTUModel, HSTUPreTrainedModel
 from .modeling_recommender import RecommendationOutput, SequentialRecommenderOutput
 from .modeling_sasrec import SASRecModel, SASRecPreTrainedModel
+from .recommender import Recommender
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "HSTUModel",
     "HSTUPreTrainedModel",
     "RecommendationOutput",
+    "Recommender",
     "SASRecConfig",
     "SASRecModel",
     "SASRecPreTrainedModel",
