@@ -175,10 +175,11 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
+            # The padding row is a slice, which does not carry the weight's "already loaded" flag: check it here.
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, LearnablePositionalInputPreprocessor):
             init.trunc_normal_(module.position_embeddings.weight, std=math.sqrt(1.0 / self.config.hidden_size))
-        elif isinstance(module, SequentialRecommenderPreTrainedModel):
-            init.zeros_(module.item_embeddings.weight[0])
 
     def encode(
         self,

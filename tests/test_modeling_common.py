@@ -389,3 +389,12 @@ def test_dense_and_gathered_candidate_scores_agree():
     torch.testing.assert_close(
         dense.score_candidates(users, table, candidates), (users.unsqueeze(1) * table[candidates]).sum(-1)
     )
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_padding_row_starts_at_zero_and_stays_there(model_type):
+    model = tiny_model(model_type)
+    assert model.item_embeddings.weight[0].abs().sum() == 0 and model.item_embeddings.weight[1].abs().sum() > 0
+    batch = right_padded_batch()
+    model(**model_inputs(batch), labels=batch["input_ids"]).loss.backward()
+    assert model.item_embeddings.weight.grad[0].abs().sum() == 0
