@@ -1,6 +1,8 @@
 """HSTU: Hierarchical Sequential Transduction Units (Zhai et al., "Actions Speak Louder than Words", ICML 2024),
 following the research code's math (generative_recommenders/research/modeling/sequential/hstu.py)."""
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,10 +18,8 @@ from .modeling_recommender import (
     SequentialRecommenderPreTrainedModel,
 )
 
-try:  # registers the "hstu_triton" attention backend where triton is installed
+with contextlib.suppress(ImportError):  # registers the "hstu_triton" attention backend where triton is installed
     from .triton_hstu_attention import hstu_triton_attention_forward  # noqa: F401
-except ImportError:
-    pass
 
 
 class HSTUAttention(nn.Module):

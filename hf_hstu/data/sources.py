@@ -316,7 +316,6 @@ def _read_delimited(
             raise ValueError(f"{path}: no column {absent[0]!r} (the header has {header})")
         unparsed.clear()
     include = [*fields.values(), *separators]
-    table = None
     try:
         table = pa_csv.read_csv(
             path,
@@ -325,7 +324,7 @@ def _read_delimited(
             convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=include),
         )
     except pa.ArrowInvalid:
-        pass
+        table = None  # malformed somewhere: the checked parser below finds and names the bad line
     if table is not None and not unparsed and all(pc.all(pc.equal(table[column], "")).as_py() for column in separators):
         raw = pd.DataFrame({name: table[column].to_numpy() for name, column in fields.items()}, copy=False)
         del table
