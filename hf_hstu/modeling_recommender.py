@@ -2,6 +2,7 @@
 input/output processing, the next-item training loss and `recommend`. Model bodies only implement `encode`."""
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -285,6 +286,36 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states))
         return event_states * batch.attention_mask.unsqueeze(-1)
 
+    def length_group_size(self, device: torch.device) -> int:
+        """Sequences encoded together: `config.length_group_size`, or when that is None 32 on the CPU and the whole
+        batch (0) elsewhere."""
+        if self.config.length_group_size is not None:
+            return self.config.length_group_size
+        return 32 if device.type == "cpu" else 0
+
+    @staticmethod
+    def _length_groups(batch: EventBatch, group_size: int) -> Iterator[tuple[torch.Tensor, EventBatch]]:
+        """(rows, sub-batch) for groups of at most `group_size` rows (all rows when 0) of similar length, longest
+        first, each trimmed to its longest sequence."""
+        order = torch.argsort(batch.lengths, descending=True, stable=True)
+        step = group_size or order.shape[0]
+        for start in range(0, order.shape[0], step):
+            rows = order[start : start + step]
+            yield rows, batch.select(rows)
+
+    def _encode_in_length_groups(self, batch: EventBatch) -> torch.Tensor:
+        """`_encode_events` of the batch, computed group by group (see `config.length_group_size`)."""
+        group_size = self.length_group_size(batch.input_ids.device)
+        if group_size == 0 or group_size >= batch.input_ids.shape[0]:
+            return self._encode_events(batch)
+        width = batch.input_ids.shape[1]
+        group_rows, group_states = [], []
+        for rows, group in self._length_groups(batch, group_size):
+            states = self._encode_events(group)  # (G, w, D), w <= W
+            group_rows.append(rows)
+            group_states.append(F.pad(states, (0, 0, 0, width - states.shape[1])))
+        return torch.cat(group_states)[torch.argsort(torch.cat(group_rows))]
+
     @can_return_tuple
     def forward(
         self,
@@ -320,7 +351,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 order of (sequence, position) over the right-aligned events (each sequence has `length - 1`).
         """
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
-        hidden_states = self._encode_events(batch)  # (B, W, D)
+        hidden_states = self._encode_in_length_groups(batch)  # (B, W, D)
         batch_size = hidden_states.shape[0]
         user_embeddings = _last_states(hidden_states, batch.lengths)
 
@@ -369,25 +400,24 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         timestamps: torch.LongTensor | None = None,
         target_timestamps: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         r"""
         (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
-        chunks of at most `chunk_size` rows of similar length: memory stays bounded and little is spent on
-        padding, whatever the batch. Inputs are those of `forward`.
+        chunks of at most `chunk_size` rows of similar length (default: `length_group_size`, or 256 where that is
+        the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
+        of `forward`.
         """
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
-        order = torch.argsort(batch.lengths, descending=True, stable=True)
+        chunk_size = chunk_size or self.length_group_size(batch.input_ids.device) or 256
         user_embeddings = None
         was_training = self.training
         self.eval()
         try:
-            for start in range(0, order.shape[0], chunk_size):
-                rows = order[start : start + chunk_size]
-                chunk = batch.select(rows)
+            for rows, chunk in self._length_groups(batch, chunk_size):
                 states = _last_states(self._encode_events(chunk), chunk.lengths)
                 if user_embeddings is None:
-                    user_embeddings = states.new_empty(order.shape[0], states.shape[-1])
+                    user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
                 user_embeddings[rows] = states
         finally:
             self.train(was_training)

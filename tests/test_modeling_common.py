@@ -374,20 +374,57 @@ def test_embed_users_in_length_sorted_chunks_equals_forward(model_type):
     torch.testing.assert_close(chunked, model.eval()(**model_inputs(batch)).user_embeddings, atol=1e-6, rtol=1e-5)
 
 
-def test_dense_and_gathered_candidate_scores_agree():
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_length_groups_give_the_whole_batch_result(model_type):
+    batch = right_padded_batch(lengths=(5, 3, 8, 1, 7, 2, 8))
+    results = []
+    for group_size in (0, 2, 3):
+        model = tiny_model(model_type, length_group_size=group_size, input_dropout=0.0).eval()
+        torch.manual_seed(1)  # the same sampled negatives
+        output = model(**model_inputs(batch), labels=batch["input_ids"])
+        output.loss.backward()
+        results.append((output, [parameter.grad for parameter in model.parameters()]))
+    (whole, whole_grads), *grouped = results
+    for output, grads in grouped:
+        torch.testing.assert_close(output.loss, whole.loss)
+        torch.testing.assert_close(output.last_hidden_state, whole.last_hidden_state, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(output.user_embeddings, whole.user_embeddings, atol=1e-6, rtol=1e-5)
+        for grad, whole_grad in zip(grads, whole_grads, strict=True):
+            torch.testing.assert_close(grad, whole_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_length_group_size_default_and_validation():
+    assert tiny_model("hstu").length_group_size(torch.device("cpu")) == 32
+    assert tiny_model("hstu").length_group_size(torch.device("meta")) == 0  # the whole batch on accelerators
+    assert tiny_model("sasrec", length_group_size=5).length_group_size(torch.device("cpu")) == 5
+    with pytest.raises(Exception, match="length_group_size must be None or >= 0"):
+        tiny_config("hstu", length_group_size=-1)
+
+
+def test_sampled_candidate_scores_and_gradients_match_gathering():
     from hf_hstu.similarity import DotProductSimilarity
 
     generator = torch.Generator().manual_seed(0)
-    users = torch.randn(50, 16, generator=generator)
-    table = torch.randn(31, 16, generator=generator)
+    users = torch.randn(50, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(31, 16, generator=generator, dtype=torch.float64, requires_grad=True)
     candidates = torch.randint(1, 31, (50, 9), generator=generator)
-    dense, gathered = DotProductSimilarity(), DotProductSimilarity()
-    gathered.dense_scoring_max_ratio = 0  # always gather
-    torch.testing.assert_close(
-        dense.score_candidates(users, table, candidates), gathered.score_candidates(users, table, candidates)
+    candidates[:, 1] = candidates[:, 0]  # repeated candidates in a row add up
+    weights = torch.randn(50, 9, generator=generator, dtype=torch.float64)
+    sampled = DotProductSimilarity().score_candidates(users, table, candidates)
+    gathered = (users.unsqueeze(1) * table[candidates]).sum(-1)
+    torch.testing.assert_close(sampled, gathered)
+    sampled_grads = torch.autograd.grad((sampled * weights).sum(), (users, table))
+    gathered_grads = torch.autograd.grad((gathered * weights).sum(), (users, table))
+    for sampled_grad, gathered_grad in zip(sampled_grads, gathered_grads, strict=True):
+        torch.testing.assert_close(sampled_grad, gathered_grad)
+    assert sampled_grads[1][0].abs().sum() == 0 and sampled_grads[1][candidates[0, 0]].abs().sum() > 0
+    assert torch.autograd.gradcheck(
+        lambda u, t: DotProductSimilarity().score_candidates(u, t, candidates[:6, :4]),
+        (users[:6].detach().requires_grad_(), table.detach().requires_grad_()),
     )
+    many = torch.randint(0, 3, (4, 7), generator=generator)  # more candidates than the 3 table rows
     torch.testing.assert_close(
-        dense.score_candidates(users, table, candidates), (users.unsqueeze(1) * table[candidates]).sum(-1)
+        DotProductSimilarity().score_candidates(users[:4], table[:3], many), (users[:4, None] * table[many]).sum(-1)
     )
 
 
