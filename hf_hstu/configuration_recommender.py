@@ -56,8 +56,8 @@ class SequentialRecommenderConfig(PreTrainedConfig):
             A computation setting, not part of the model: the encoder sorts a batch by length and encodes it in groups
             of this many sequences, each trimmed to its longest sequence, so less is spent on padding and the
             (group, N, N) attention temporaries stay cache-sized. `0` encodes the whole batch at once; `None` (the
-            default) means groups of 32 on the CPU (3x faster there) and the whole batch on accelerators. Results do
-            not depend on it beyond float rounding.
+            default) means groups of 32 on the CPU (1.5x faster training steps there) and the whole batch on
+            accelerators. Results do not depend on it beyond float rounding.
     """
 
     num_items: int = interval(min=1)(default=1)

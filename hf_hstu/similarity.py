@@ -72,7 +72,7 @@ class SampledDotProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         users, table, candidate_ids = ctx.saved_tensors
-        grad_logits = grad_logits.contiguous()
+        grad_logits = grad_logits.to(users.dtype).contiguous()  # bf16 when the bmm ran under autocast
         grad_users = grad_table = None
         if ctx.needs_input_grad[0]:
             grad_users = F.embedding_bag(candidate_ids, table, per_sample_weights=grad_logits, mode="sum")
