@@ -65,7 +65,7 @@ class SampledDotProduct(torch.autograd.Function):
             logits = torch.sparse.sampled_addmm(pattern, users, table.t(), beta=0.0).values()
             logits = logits.view(num_rows, num_candidates)
         else:
-            logits = torch.bmm(F.embedding(candidate_ids, table), users.unsqueeze(-1)).squeeze(-1)
+            logits = _pairwise_dot(users, F.embedding(candidate_ids, table))
         ctx.save_for_backward(users, table, candidate_ids)
         return logits
 
