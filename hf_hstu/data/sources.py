@@ -18,7 +18,7 @@ import gzip
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -277,6 +277,13 @@ def _validate(
     return frame
 
 
+def _require_columns(where: str, wanted: Iterable[str], available: list[str], listing: str) -> None:
+    """ValueError naming the source and the first of `wanted` that `available` lacks."""
+    absent = [column for column in wanted if column not in available]
+    if absent:
+        raise ValueError(f"{where}: no column {absent[0]!r} ({listing} {available})")
+
+
 def _read_delimited(
     path: PathLike,
     *,
@@ -311,9 +318,7 @@ def _read_delimited(
     )
     if names is None:
         header = pa_csv.open_csv(path, parse_options=parse_options).schema.names
-        absent = [column for column in fields.values() if column not in header]
-        if absent:
-            raise ValueError(f"{path}: no column {absent[0]!r} (the header has {header})")
+        _require_columns(str(path), fields.values(), header, "the header has")
         unparsed.clear()
     include = [*fields.values(), *separators]
     try:
@@ -541,9 +546,7 @@ def read_interactions(
     if isinstance(source, (pd.DataFrame, datasets.Dataset)):
         where = type(source).__name__
         available = list(source.columns) if isinstance(source, pd.DataFrame) else source.column_names
-        absent = [column for column in fields.values() if column not in available]
-        if absent:
-            raise ValueError(f"{where}: no column {absent[0]!r} (columns: {available})")
+        _require_columns(where, fields.values(), available, "columns:")
         if isinstance(source, datasets.Dataset):
             source = source.select_columns(list(fields.values())).to_pandas()
         raw = pd.DataFrame({name: source[column].reset_index(drop=True) for name, column in fields.items()})
@@ -553,10 +556,7 @@ def read_interactions(
         raise FileNotFoundError(f"No interactions file at {path}")
     suffixes = [suffix.lower() for suffix in path.suffixes]
     if ".parquet" in suffixes:
-        available = pq.read_schema(path).names
-        absent = [column for column in fields.values() if column not in available]
-        if absent:
-            raise ValueError(f"{path}: no column {absent[0]!r} (columns: {available})")
+        _require_columns(str(path), fields.values(), pq.read_schema(path).names, "columns:")
         table = pq.read_table(path, columns=list(dict.fromkeys(fields.values())))
         raw = pd.DataFrame({name: table[column].to_pandas() for name, column in fields.items()})
         return _validate(raw, FieldRules(), str(path), errors)
