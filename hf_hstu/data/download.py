@@ -50,37 +50,40 @@ class RemoteArchive:
         return PurePosixPath(self.url).name
 
 
+def _grouplens_archive(name: str, size: int, sha256: str, md5: str | None = None) -> RemoteArchive:
+    return RemoteArchive(name, f"https://files.grouplens.org/datasets/movielens/{name}.zip", size, sha256, md5)
+
+
 # md5: the values GroupLens publishes beside each zip (<url>.md5); sizes and sha256: TensorFlow Datasets'
 # url_checksums/movielens.txt. GroupLens's ml-latest-small.zip.md5 value could not be found offline, so that
 # archive is pinned by size and sha256 only (its 2018-09 release: 100,836 ratings).
 MOVIELENS_ARCHIVES: dict[str, RemoteArchive] = {
-    "ml-100k": RemoteArchive(
-        name="ml-100k",
-        url="https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-        size=4_924_029,
-        sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-        md5="0e33842e24a9c977be4e0107933c0723",
-    ),
-    "ml-1m": RemoteArchive(
-        name="ml-1m",
-        url="https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-        size=5_917_549,
-        sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
-        md5="c4d9eecfca2ab87c1945afe126590906",
-    ),
-    "ml-20m": RemoteArchive(
-        name="ml-20m",
-        url="https://files.grouplens.org/datasets/movielens/ml-20m.zip",
-        size=198_702_078,
-        sha256="96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
-        md5="cd245b17a1ae2cc31bb14903e1204af3",
-    ),
-    "ml-latest-small": RemoteArchive(
-        name="ml-latest-small",
-        url="https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
-        size=978_202,
-        sha256="696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
-    ),
+    archive.name: archive
+    for archive in (
+        _grouplens_archive(
+            "ml-100k",
+            size=4_924_029,
+            sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+            md5="0e33842e24a9c977be4e0107933c0723",
+        ),
+        _grouplens_archive(
+            "ml-1m",
+            size=5_917_549,
+            sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+            md5="c4d9eecfca2ab87c1945afe126590906",
+        ),
+        _grouplens_archive(
+            "ml-20m",
+            size=198_702_078,
+            sha256="96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
+            md5="cd245b17a1ae2cc31bb14903e1204af3",
+        ),
+        _grouplens_archive(
+            "ml-latest-small",
+            size=978_202,
+            sha256="696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
+        ),
+    )
 }
 
 
