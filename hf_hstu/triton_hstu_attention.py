@@ -85,6 +85,23 @@ def _load_rows(base, seq_start, offs_t, mask_t, stride_t, head_offset, offs_d, s
 
 
 @triton.jit
+def _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK: tl.constexpr, LAST_BLOCK_FIRST: tl.constexpr):
+    """(batch, head, seq_start, seq_len, block start) of this program of a 1D grid in which the blocks of one
+    (sequence, head) are consecutive. The causal loops are longest for the last query blocks and for the first key
+    blocks: query-block kernels pass LAST_BLOCK_FIRST so that the longest loops start first."""
+    num_blocks = tl.cdiv(max_seq_len, BLOCK)
+    pid_bh = tl.program_id(0) // num_blocks
+    block = tl.program_id(0) % num_blocks
+    if LAST_BLOCK_FIRST:
+        block = num_blocks - 1 - block
+    batch = pid_bh // num_heads
+    head = pid_bh % num_heads
+    seq_start = tl.load(SEQ_OFFSETS + batch)
+    seq_len = (tl.load(SEQ_OFFSETS + batch + 1) - seq_start).to(tl.int32)
+    return batch, head, seq_start, seq_len, block * BLOCK
+
+
+@triton.jit
 def _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor):
     """Bucket of each (query, key) pair from broadcastable int64 timestamps, exactly as ``time_bucket_ids``.
 
@@ -167,15 +184,7 @@ def _hstu_attn_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    # 1D grid, the query blocks of one (sequence, head) consecutive and the longest causal loops first
-    num_blocks = tl.cdiv(max_seq_len, BLOCK_M)
-    pid_bh = tl.program_id(0) // num_blocks
-    pid_m = num_blocks - 1 - tl.program_id(0) % num_blocks
-    batch = pid_bh // num_heads
-    head = pid_bh % num_heads
-    seq_start = tl.load(SEQ_OFFSETS + batch)
-    seq_len = (tl.load(SEQ_OFFSETS + batch + 1) - seq_start).to(tl.int32)
-    start_m = pid_m * BLOCK_M
+    _, head, seq_start, seq_len, start_m = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_M, True)
     if start_m >= seq_len:
         return
 
@@ -274,15 +283,7 @@ def _hstu_attn_bwd_dkdv(
     #   fp32 atomics. The order of those additions varies between runs, so dw_p is reproducible only up to fp32
     #   rounding; every other gradient is deterministic.
     tl.static_assert(BLOCK_M <= BLOCK_N)
-    # 1D grid, the key blocks of one (sequence, head) consecutive, the longest loops (first key blocks) first
-    num_blocks = tl.cdiv(max_seq_len, BLOCK_N)
-    pid_bh = tl.program_id(0) // num_blocks
-    pid_n = tl.program_id(0) % num_blocks
-    batch = pid_bh // num_heads
-    head = pid_bh % num_heads
-    seq_start = tl.load(SEQ_OFFSETS + batch)
-    seq_len = (tl.load(SEQ_OFFSETS + batch + 1) - seq_start).to(tl.int32)
-    start_n = pid_n * BLOCK_N
+    batch, head, seq_start, seq_len, start_n = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_N, False)
     if start_n >= seq_len:
         return
 
@@ -404,15 +405,7 @@ def _hstu_attn_bwd_dq(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    # 1D grid, the query blocks of one (sequence, head) consecutive and the longest causal loops first
-    num_blocks = tl.cdiv(max_seq_len, BLOCK_M)
-    pid_bh = tl.program_id(0) // num_blocks
-    pid_m = num_blocks - 1 - tl.program_id(0) % num_blocks
-    batch = pid_bh // num_heads
-    head = pid_bh % num_heads
-    seq_start = tl.load(SEQ_OFFSETS + batch)
-    seq_len = (tl.load(SEQ_OFFSETS + batch + 1) - seq_start).to(tl.int32)
-    start_m = pid_m * BLOCK_M
+    _, head, seq_start, seq_len, start_m = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_M, True)
     if start_m >= seq_len:
         return
 
