@@ -7,12 +7,12 @@ is not installed.
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_hstu import HSTUConfig
-from .configuration_recommender import SequentialRecommenderConfig
-from .configuration_sasrec import SASRecConfig
-from .modeling_hstu import HSTUModel, HSTUPreTrainedModel
-from .modeling_recommender import RecommendationOutput, SequentialRecommenderOutput
-from .modeling_sasrec import SASRecModel, SASRecPreTrainedModel
+from .modeling.configuration_hstu import HSTUConfig
+from .modeling.configuration_recommender import SequentialRecommenderConfig
+from .modeling.configuration_sasrec import SASRecConfig
+from .modeling.modeling_hstu import HSTUModel, HSTUPreTrainedModel
+from .modeling.modeling_recommender import RecommendationOutput, SequentialRecommenderOutput
+from .modeling.modeling_sasrec import SASRecModel, SASRecPreTrainedModel
 from .recommender import Recommender
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ from huggingface_hub import hf_hub_download
 from transformers import AutoModel
 
 from .data.vocabulary import ItemVocabulary, RawId
-from .modeling_recommender import SequentialRecommenderPreTrainedModel
+from .modeling.modeling_recommender import SequentialRecommenderPreTrainedModel
 
 
 class Recommender:

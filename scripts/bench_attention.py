@@ -75,8 +75,8 @@ def _inputs(batch_size: int, seq_len: int, num_heads: int, head_dim: int, num_bu
 def _runner(backend: str, inputs: dict, num_buckets: int) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
     """(a function computing the attention output, its differentiable inputs) for one backend."""
     # imported here, after main() has set the interpreter flag that triton reads when first imported
-    from hf_hstu.hstu_attention import hstu_attention_forward
-    from hf_hstu.triton_hstu_attention import hstu_attention_jagged
+    from hf_hstu.modeling.hstu_attention import hstu_attention_forward
+    from hf_hstu.modeling.triton_hstu_attention import hstu_attention_jagged
 
     batch_size, num_heads, seq_len, head_dim = inputs["query"].shape
     settings = {"normalization": float(seq_len), "num_buckets": num_buckets, "bucket_divisor": 0.301}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from hf_hstu.training.evaluation import evaluate_checkpoint
+from hf_hstu.evaluation.ranking import evaluate_checkpoint
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hf_hstu.training.hub import push_checkpoint, write_run_model_card
+from hf_hstu.hub.push import push_checkpoint, write_run_model_card
 
 
 @dataclass

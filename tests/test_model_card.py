@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 
 from hf_hstu import HSTUConfig
-from hf_hstu.model_card import build_model_card, format_duration
+from hf_hstu.hub.model_card import build_model_card, format_duration
 
 MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 METRICS = {

@@ -216,7 +216,7 @@ def test_recommend_scores_match_the_embeddings_and_respect_candidates(model_type
 
 
 def test_top_k_is_the_same_in_small_chunks():
-    from hf_hstu.retrieval import top_k_items
+    from hf_hstu.modeling.retrieval import top_k_items
 
     model = tiny_model("hstu", similarity="mol").eval()
     users = torch.nn.functional.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
@@ -332,7 +332,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type):
 
 
 def test_target_ranks_match_a_brute_force_ranking():
-    from hf_hstu.retrieval import target_ranks
+    from hf_hstu.modeling.retrieval import target_ranks
 
     model = tiny_model("hstu").eval()
     generator = torch.Generator().manual_seed(0)
@@ -402,7 +402,7 @@ def test_length_group_size_default_and_validation():
 
 
 def test_sampled_candidate_scores_and_gradients_match_gathering():
-    from hf_hstu.similarity import DotProductSimilarity
+    from hf_hstu.modeling.similarity import DotProductSimilarity
 
     generator = torch.Generator().manual_seed(0)
     users = torch.randn(50, 16, generator=generator, dtype=torch.float64, requires_grad=True)

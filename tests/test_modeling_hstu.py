@@ -8,7 +8,7 @@ import torch
 from recommender_testing import right_padded_batch, tiny_model
 
 from hf_hstu import HSTUConfig, HSTUModel
-from hf_hstu.hstu_attention import relative_position_bias, time_bucket_ids
+from hf_hstu.modeling.hstu_attention import relative_position_bias, time_bucket_ids
 
 
 def _silu(x: float) -> float:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_hstu.ranking_metrics import (
+from hf_hstu.evaluation.ranking_metrics import (
     EVALUATE_MODULE_PATH,
     RankingMetricsAccumulator,
     load_ranking_metric,

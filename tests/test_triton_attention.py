@@ -17,8 +17,9 @@ pytest.importorskip("triton", reason="the hstu_triton attention backend needs tr
 
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
-from hf_hstu import HSTUConfig, HSTUModel, triton_hstu_attention  # noqa: E402
-from hf_hstu.hstu_attention import hstu_attention_forward  # noqa: E402
+from hf_hstu import HSTUConfig, HSTUModel  # noqa: E402
+from hf_hstu.modeling import triton_hstu_attention  # noqa: E402
+from hf_hstu.modeling.hstu_attention import hstu_attention_forward  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_hstu_attention.INTERPRET:
     pytest.skip(

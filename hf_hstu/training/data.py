@@ -14,7 +14,7 @@ from ..data import (
     load_sequences,
     preprocess,
 )
-from ..model_card import LEAVE_ONE_OUT_PROTOCOL
+from ..hub.model_card import LEAVE_ONE_OUT_PROTOCOL
 from .arguments import DataArguments
 
 PROTOCOL_DESCRIPTIONS = {

@@ -16,10 +16,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..evaluation.ranking import evaluate_ranking
+from ..hub.push import push_checkpoint, write_run_model_card
 from .arguments import DataArguments, ModelArguments, RecTrainingArguments
 from .data import TrainingData, load_training_data
-from .evaluation import evaluate_ranking
-from .hub import push_checkpoint, write_run_model_card
 from .model_config import MODEL_CLASSES, build_model_config
 from .sampling import EpochSeededSampler, GlobalNegativeSampler
 

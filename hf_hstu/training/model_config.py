@@ -1,10 +1,10 @@
 """Model configs built from the training arguments."""
 
-from ..configuration_hstu import HSTUConfig
-from ..configuration_recommender import SequentialRecommenderConfig
-from ..configuration_sasrec import SASRecConfig
-from ..modeling_hstu import HSTUModel
-from ..modeling_sasrec import SASRecModel
+from ..modeling.configuration_hstu import HSTUConfig
+from ..modeling.configuration_recommender import SequentialRecommenderConfig
+from ..modeling.configuration_sasrec import SASRecConfig
+from ..modeling.modeling_hstu import HSTUModel
+from ..modeling.modeling_sasrec import SASRecModel
 from .arguments import ModelArguments
 
 MODEL_CLASSES = {"hstu": (HSTUConfig, HSTUModel), "sasrec": (SASRecConfig, SASRecModel)}

@@ -4,7 +4,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import Sampler
 
-from ..losses import sample_negatives
+from ..modeling.losses import sample_negatives
 
 
 class EpochSeededSampler(Sampler[int]):

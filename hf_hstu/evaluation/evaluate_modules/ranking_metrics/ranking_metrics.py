@@ -1,12 +1,12 @@
 """`evaluate` metric: HR@K, NDCG@K and MRR@K of recommended item lists against one target item per user.
 
-The numbers come from `hf_hstu.ranking_metrics`, the functions the hf_hstu training loop evaluates with.
+The numbers come from `hf_hstu.evaluation.ranking_metrics`, the functions the hf_hstu training loop evaluates with.
 """
 
 import datasets
 import evaluate
 
-from hf_hstu.ranking_metrics import DEFAULT_K_VALUES, metrics_from_top_k
+from hf_hstu.evaluation.ranking_metrics import DEFAULT_K_VALUES, metrics_from_top_k
 
 _DESCRIPTION = """
 Ranking metrics for next-item recommendation with one relevant (target) item per user. Each prediction is the list
@@ -23,7 +23,7 @@ Args:
 Returns:
     `dict` with "hr@K", "ndcg@K" and "mrr@K" for each K, as floats.
 Example:
-    >>> metric = evaluate.load("hf_hstu/evaluate_modules/ranking_metrics")
+    >>> metric = evaluate.load("hf_hstu/evaluation/evaluate_modules/ranking_metrics")
     >>> metric.compute(predictions=[[3, 1, 2], [4, 5, 6]], references=[3, 6], k_values=[1, 3])
     {'hr@1': 0.5, 'hr@3': 1.0, 'ndcg@1': 0.5, 'ndcg@3': 0.75, 'mrr@1': 0.5, 'mrr@3': 0.6666666666666666}
 """

@@ -6,9 +6,9 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from ..modeling_recommender import SequentialRecommenderPreTrainedModel
-from ..ranking_metrics import DEFAULT_K_VALUES, RankingMetricsAccumulator
-from ..retrieval import target_ranks
+from ..modeling.modeling_recommender import SequentialRecommenderPreTrainedModel
+from ..modeling.retrieval import target_ranks
+from .ranking_metrics import DEFAULT_K_VALUES, RankingMetricsAccumulator
 
 
 @torch.no_grad()
@@ -55,8 +55,8 @@ def evaluate_checkpoint(
     """Load a saved (or Hub) checkpoint and rank the targets of one split of a preprocessed dataset folder."""
     from transformers import AutoModel
 
-    from .arguments import DataArguments
-    from .data import load_training_data
+    from ..training.arguments import DataArguments
+    from ..training.data import load_training_data
 
     model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     data = load_training_data(DataArguments(dataset=dataset), model.config.max_seq_len)

@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoConfig
 
-from ..model_card import build_model_card
+from .model_card import build_model_card
 
 
 def describe_hardware(num_processes: int = 1) -> str:

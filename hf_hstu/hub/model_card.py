@@ -1,7 +1,7 @@
 """Model cards for trained recommenders: Hub metadata (model-index with the ranking metrics) and a rendered README.
 
 `build_model_card` fills `model_card_template.md` (shipped inside the package) from the model configuration, the
-metrics of `hf_hstu.ranking_metrics`, the dataset and protocol, the training time, the hardware and the command that
+metrics of `hf_hstu.evaluation.ranking_metrics`, the dataset and protocol, the training time, the hardware and the command that
 produced the model. Push the card after the model: `push_to_hub` writes a README of its own.
 """
 

@@ -1,0 +1,1 @@
+"""Model cards and pushing checkpoints to the Hugging Face Hub."""
