@@ -75,7 +75,12 @@ def _inputs(batch_size: int, seq_len: int, num_heads: int, head_dim: int, num_bu
 def _runner(backend: str, inputs: dict, num_buckets: int) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
     """(a function computing the attention output, its differentiable inputs) for one backend."""
     # imported here, after main() has set the interpreter flag that triton reads when first imported
-    from hf_hstu.modeling.hstu_attention import hstu_attention_forward
+    from hf_hstu.modeling.hstu_attention import (
+        HSTUAttentionContext,
+        RelativeBias,
+        RelativeBiasSpec,
+        hstu_attention_forward,
+    )
     from hf_hstu.modeling.triton_hstu_attention import hstu_attention_jagged
 
     batch_size, num_heads, seq_len, head_dim = inputs["query"].shape
@@ -95,17 +100,38 @@ def _runner(backend: str, inputs: dict, num_buckets: int) -> tuple[Callable[[], 
 
         return run, [query, key, value, *bias.values()]
 
-    attention = hstu_attention_forward
+    spec = RelativeBiasSpec(
+        max_len=seq_len, num_buckets=num_buckets, bucket_divisor=0.301, use_position_bias=True, use_time_bias=True
+    )
+    relative_bias = RelativeBias(spec).to(inputs["query"].device)
+    with torch.no_grad():
+        for name, weights in bias.items():
+            getattr(relative_bias, name).copy_(weights)
+
+    def eager(query, key, value, attention_mask, key_timestamps, query_timestamps) -> torch.Tensor:
+        """The reference as a model runs it: the context (mask, time buckets) prepared, then the attention."""
+        context = HSTUAttentionContext.prepare("eager", attention_mask, key_timestamps, query_timestamps, spec)
+        return hstu_attention_forward(
+            None,
+            query,
+            key,
+            value,
+            attention_mask,
+            context=context,
+            relative_bias=relative_bias,
+            normalization=settings["normalization"],
+        )[0]
+
+    attention = eager
     if backend == "compile":
         torch._dynamo.reset()  # a fresh static-shape compilation per shape, clear of the recompilation limit
-        attention = torch.compile(hstu_attention_forward, dynamic=False)
-    tensors = {name: inputs[name] for name in ("query", "key", "value", "attention_mask")}
-    timestamps = {name: inputs[name] for name in ("query_timestamps", "key_timestamps")}
+        attention = torch.compile(eager, dynamic=False)
+    names = ("query", "key", "value", "attention_mask", "key_timestamps", "query_timestamps")
 
     def run() -> torch.Tensor:
-        return attention(None, *tensors.values(), **bias, **timestamps, **settings)[0]
+        return attention(*(inputs[name] for name in names))
 
-    return run, [inputs["query"], inputs["key"], inputs["value"], *bias.values()]
+    return run, [inputs["query"], inputs["key"], inputs["value"], *relative_bias.parameters()]
 
 
 def _milliseconds(function: Callable[[], object], cpu: bool) -> float:

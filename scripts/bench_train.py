@@ -101,7 +101,7 @@ def main() -> None:
                 "recommend_users": args.num_users,
                 "recommend_k": args.recommend_k,
                 "recommend_seconds": round(recommend_seconds, 3),
-                "length_group_size": model.length_group_size(next(model.parameters()).device),
+                "length_group_size": model.group_size_for(next(model.parameters()).device),
                 "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(),
                 "machine": platform.processor() or platform.machine(),

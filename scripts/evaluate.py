@@ -19,6 +19,9 @@ class EvaluateArguments:
     batch_size: int = field(default=256)
     top_k: str = field(default="10,50,200", metadata={"help": "Cut-offs of HR and NDCG."})
     trust_remote_code: bool = field(default=False)
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager or hstu_triton; unset: the Triton kernels for CUDA tensors, else eager."}
+    )
 
 
 def main() -> None:
@@ -30,6 +33,7 @@ def main() -> None:
         args.batch_size,
         tuple(int(k) for k in args.top_k.split(",")),
         trust_remote_code=args.trust_remote_code,
+        attn_implementation=args.attn_implementation,
     )
     print(json.dumps({"model": args.model, "dataset": args.dataset, "split": args.split, **metrics}, indent=2))
 

@@ -74,12 +74,14 @@ def save_tiny_dataset(path, num_users: int = 48):
 
 # A script that loads a checkpoint (folder or Hub repo) in a fresh process and writes the user embeddings and top-5
 # recommendations of a batch. With mode "hidden", hf_hstu and triton cannot be imported, so the model must come from
-# the checkpoint's own code (trust_remote_code).
+# the checkpoint's own code (trust_remote_code). HF_HSTU_TEST_SIMULATE_CUDA=1 makes torch report a GPU.
 LOADER = """
-import importlib.abc, json, sys
+import importlib.abc, json, os, sys
 import torch
 
 source, mode, inputs_file, outputs_file = sys.argv[1:5]
+if os.environ.get("HF_HSTU_TEST_SIMULATE_CUDA") == "1":  # a machine with a GPU, the model on the CPU
+    torch.cuda.is_available = lambda: True
 if mode == "hidden":
     class Hidden(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

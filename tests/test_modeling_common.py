@@ -379,7 +379,8 @@ def test_length_groups_give_the_whole_batch_result(model_type):
     batch = right_padded_batch(lengths=(5, 3, 8, 1, 7, 2, 8))
     results = []
     for group_size in (0, 2, 3):
-        model = tiny_model(model_type, length_group_size=group_size, input_dropout=0.0).eval()
+        model = tiny_model(model_type, input_dropout=0.0).eval()
+        model.length_group_size = group_size
         torch.manual_seed(1)  # the same sampled negatives
         output = model(**model_inputs(batch), labels=batch["input_ids"])
         output.loss.backward()
@@ -393,12 +394,18 @@ def test_length_groups_give_the_whole_batch_result(model_type):
             torch.testing.assert_close(grad, whole_grad, atol=1e-6, rtol=1e-5)
 
 
-def test_length_group_size_default_and_validation():
-    assert tiny_model("hstu").length_group_size(torch.device("cpu")) == 32
-    assert tiny_model("hstu").length_group_size(torch.device("meta")) == 0  # the whole batch on accelerators
-    assert tiny_model("sasrec", length_group_size=5).length_group_size(torch.device("cpu")) == 5
-    with pytest.raises(Exception, match="length_group_size must be None or >= 0"):
-        tiny_config("hstu", length_group_size=-1)
+def test_length_group_size_is_a_runtime_setting(tmp_path):
+    model = tiny_model("hstu")
+    assert model.group_size_for(torch.device("cpu")) == 32
+    assert model.group_size_for(torch.device("meta")) == 0  # the whole batch on accelerators
+    model.length_group_size = 5
+    assert model.group_size_for(torch.device("cpu")) == model.group_size_for(torch.device("meta")) == 5
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="length_group_size must be None or an integer >= 0"):
+            model.length_group_size = bad
+    model.save_pretrained(tmp_path)  # not architecture: never saved, so checkpoints do not differ by it
+    assert "length_group_size" not in (tmp_path / "config.json").read_text()
+    assert HSTUModel.from_pretrained(tmp_path).length_group_size is None
 
 
 def test_sampled_candidate_scores_and_gradients_match_gathering():

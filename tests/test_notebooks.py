@@ -91,6 +91,6 @@ def test_attention_backends_notebook_runs(tmp_path: Path, kernel_specs, smoke_en
     monkeypatch.setenv("HF_HSTU_BENCH_JSON", str(report))
     notebook = _execute("03_attention_backends", tmp_path, kernel_specs)
     text = _outputs_text(notebook)
-    assert "default on this machine" in text and "requested when loading: hstu_triton" in text
+    assert "default: hstu_auto" in text and "requested when loading: hstu_triton" in text
     assert "Triton interpreter on a CPU" in text  # the report made above says so
     assert any(output.get("data", {}).get("image/png") for cell in notebook.cells for output in cell.get("outputs", []))

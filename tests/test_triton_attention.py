@@ -19,7 +19,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 from hf_hstu import HSTUConfig, HSTUModel  # noqa: E402
 from hf_hstu.modeling import triton_hstu_attention  # noqa: E402
-from hf_hstu.modeling.hstu_attention import hstu_attention_forward  # noqa: E402
+from hf_hstu.modeling.hstu_attention import (  # noqa: E402
+    HSTUAttentionContext,
+    RelativeBias,
+    RelativeBiasSpec,
+    hstu_attention_forward,
+)
+from hf_hstu.modeling.triton_hstu_attention import JaggedAttentionContext, hstu_triton_attention_forward  # noqa: E402
 
 if not torch.cuda.is_available() and not triton_hstu_attention.INTERPRET:
     pytest.skip(
@@ -65,34 +71,66 @@ def _random_batch(
     }
 
 
+def _relative_bias(batch: dict, use_position_bias: bool, use_time_bias: bool) -> RelativeBias:
+    """A layer's RelativeBias holding the batch's tables (as new leaf parameters of the batch's dtype)."""
+    spec = RelativeBiasSpec(
+        max_len=(batch["position_weights"].shape[0] + 1) // 2,
+        num_buckets=batch["time_weights"].shape[0] - 1,
+        bucket_divisor=0.301,
+        use_position_bias=use_position_bias,
+        use_time_bias=use_time_bias,
+    )
+    relative_bias = RelativeBias(spec).to(batch["query"])
+    with torch.no_grad():
+        for name in ("position_weights", "time_weights"):
+            if getattr(relative_bias, name) is not None:
+                getattr(relative_bias, name).copy_(batch[name])
+    return relative_bias
+
+
 def _attention(
-    function, batch: dict, use_position_bias: bool = True, use_time_bias: bool = True, **kwargs
+    function,
+    batch: dict,
+    use_position_bias: bool = True,
+    use_time_bias: bool = True,
+    relative_bias: RelativeBias | None = None,
+    **kwargs,
 ) -> torch.Tensor:
+    """One backend's attention on the batch, its context prepared as `encode` does."""
+    relative_bias = relative_bias or _relative_bias(batch, use_position_bias, use_time_bias)
+    context_class = JaggedAttentionContext if function is hstu_triton_attention_forward else HSTUAttentionContext
+    context = context_class.prepare(
+        "test",
+        batch["attention_mask"],
+        batch["key_timestamps"],
+        batch["query_timestamps"],
+        relative_bias.spec,
+    )
     output, _ = function(
         None,
         batch["query"],
         batch["key"],
         batch["value"],
         batch["attention_mask"],
+        context=context,
+        relative_bias=relative_bias,
         normalization=17.0,
-        position_weights=batch["position_weights"] if use_position_bias else None,
-        time_weights=batch["time_weights"] if use_time_bias else None,
-        query_timestamps=batch["query_timestamps"],
-        key_timestamps=batch["key_timestamps"],
-        num_buckets=NUM_BUCKETS,
-        bucket_divisor=0.301,
         **kwargs,
     )
     return output
 
 
 def _outputs_and_gradients(function, batch: dict, use_position_bias: bool, use_time_bias: bool):
-    """The output at real tokens and the gradients of a random linear loss on it (padding rows excluded)."""
-    output = _attention(function, batch, use_position_bias, use_time_bias) * batch["attention_mask"][:, :, None, None]
+    """The output at real tokens and the gradients of a random linear loss on it (padding rows excluded), for
+    q, k, v, w_p and w_t (None for a bias part that is off)."""
+    relative_bias = _relative_bias(batch, use_position_bias, use_time_bias)
+    output = _attention(function, batch, relative_bias=relative_bias) * batch["attention_mask"][:, :, None, None]
     grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(1)).to(output)
-    inputs = [batch[name] for name in ("query", "key", "value", "position_weights", "time_weights")]
-    gradients = torch.autograd.grad(output, inputs, grad_output, allow_unused=True)
-    return output, gradients
+    inputs = [batch[name] for name in ("query", "key", "value")]
+    tables = [relative_bias.position_weights, relative_bias.time_weights]
+    gradients = torch.autograd.grad(output, inputs + [t for t in tables if t is not None], grad_output)
+    table_gradients = iter(gradients[3:])
+    return output, [*gradients[:3], *(None if t is None else next(table_gradients) for t in tables)]
 
 
 @pytest.mark.parametrize("num_heads", [1, 2])
@@ -103,7 +141,7 @@ def test_matches_reference(num_heads: int, use_position_bias: bool, use_time_bia
     # lengths 1, one full block, and across 2 and 3 blocks of the interpreter's 16 tokens; d_qk != d_v; N_max > N
     batch = _random_batch([21, 1, 16, 37], num_heads=num_heads, dqk=8, dv=12, max_len=40)
     flags = (use_position_bias, use_time_bias)
-    output, gradients = _outputs_and_gradients(triton_hstu_attention.hstu_triton_attention_forward, batch, *flags)
+    output, gradients = _outputs_and_gradients(hstu_triton_attention_forward, batch, *flags)
     expected_output, expected_gradients = _outputs_and_gradients(hstu_attention_forward, batch, *flags)
     torch.testing.assert_close(output, expected_output, atol=1e-5, rtol=1e-5)
     for name, gradient, expected in zip(("q", "k", "v", "w_p", "w_t"), gradients, expected_gradients, strict=True):
@@ -126,7 +164,7 @@ def test_rectangular_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         monkeypatch.setattr(kernel, "configs", [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n})])
     batch = _random_batch([45, 1, 16, 33], num_heads=2, dqk=8, dv=12, max_len=45)
-    output, gradients = _outputs_and_gradients(triton_hstu_attention.hstu_triton_attention_forward, batch, True, True)
+    output, gradients = _outputs_and_gradients(hstu_triton_attention_forward, batch, True, True)
     expected_output, expected_gradients = _outputs_and_gradients(hstu_attention_forward, batch, True, True)
     torch.testing.assert_close(output, expected_output, atol=1e-5, rtol=1e-5)
     for gradient, expected in zip(gradients, expected_gradients, strict=True):
@@ -205,7 +243,7 @@ def test_half_precision_close_to_fp32(dtype: torch.dtype, lengths: list[int], he
         name: value.detach().float().requires_grad_() if value.is_floating_point() else value
         for name, value in batch.items()
     }
-    output, gradients = _outputs_and_gradients(triton_hstu_attention.hstu_triton_attention_forward, batch, True, True)
+    output, gradients = _outputs_and_gradients(hstu_triton_attention_forward, batch, True, True)
     expected_output, expected_gradients = _outputs_and_gradients(hstu_attention_forward, upcast, True, True)
     assert output.dtype == dtype and all(gradient.dtype == dtype for gradient in gradients)
     for actual, expected in zip((output, *gradients), (expected_output, *expected_gradients), strict=True):
@@ -216,37 +254,45 @@ def test_half_precision_close_to_fp32(dtype: torch.dtype, lengths: list[int], he
 def test_backward_is_reproducible() -> None:
     """Every gradient but w_p's is deterministic (w_p sums per-tile partials with atomics, in any order)."""
     batch = _random_batch([21, 1, 37], num_heads=2, dqk=8, dv=8, max_len=37)
-    first = _outputs_and_gradients(triton_hstu_attention.hstu_triton_attention_forward, batch, True, True)[1]
-    second = _outputs_and_gradients(triton_hstu_attention.hstu_triton_attention_forward, batch, True, True)[1]
+    first = _outputs_and_gradients(hstu_triton_attention_forward, batch, True, True)[1]
+    second = _outputs_and_gradients(hstu_triton_attention_forward, batch, True, True)[1]
     for index in (0, 1, 2, 4):
         assert torch.equal(first[index], second[index])
     torch.testing.assert_close(first[3], second[3], atol=1e-6, rtol=1e-6)
 
 
-def test_registered_and_reuses_the_layout_across_layers() -> None:
-    assert ALL_ATTENTION_FUNCTIONS["hstu_triton"] is triton_hstu_attention.hstu_triton_attention_forward
+def test_registered_and_padding_positions_are_zero() -> None:
+    assert ALL_ATTENTION_FUNCTIONS["hstu_triton"] is hstu_triton_attention_forward
     batch = _random_batch([5, 3], num_heads=1, dqk=4, dv=4, max_len=5)
-    bias_cache: dict = {}
     with torch.no_grad():
-        first = _attention(triton_hstu_attention.hstu_triton_attention_forward, batch, bias_cache=bias_cache)
-        layout = bias_cache["triton_jagged_layout"]
-        second = _attention(triton_hstu_attention.hstu_triton_attention_forward, batch, bias_cache=bias_cache)
-    assert bias_cache["triton_jagged_layout"] is layout
-    assert torch.equal(first, second)
-    assert torch.equal(first[1, 3:], torch.zeros_like(first[1, 3:]))  # padding positions are zeros
+        output = _attention(hstu_triton_attention_forward, batch)
+    assert torch.equal(output[1, 3:], torch.zeros_like(output[1, 3:]))
 
 
 def test_rejects_what_the_kernels_cannot_do() -> None:
     batch = _random_batch([5, 3], num_heads=1, dqk=4, dv=4, max_len=5)
-    forward = triton_hstu_attention.hstu_triton_attention_forward
+    bias = _relative_bias(batch, True, True)
+    forward = hstu_triton_attention_forward
     with pytest.raises(ValueError, match="no attention dropout.*eager"):
         _attention(forward, batch, dropout=0.1)
     with pytest.raises(ValueError, match="right-padded"):
         _attention(forward, {**batch, "attention_mask": batch["attention_mask"].flip(1)})
-    with pytest.raises(ValueError, match="needs query_timestamps"):
-        _attention(forward, {**batch, "query_timestamps": None})
     with pytest.raises(ValueError, match="position_weights has 7 entries.*up to 4 tokens.*max_seq_len is 5"):
         _attention(forward, {**batch, "position_weights": batch["position_weights"][:7]})
+    with pytest.raises(TypeError, match="needs a JaggedAttentionContext"):
+        context = HSTUAttentionContext.prepare(
+            "eager", batch["attention_mask"], batch["key_timestamps"], batch["query_timestamps"], bias.spec
+        )
+        forward(
+            None,
+            batch["query"],
+            batch["key"],
+            batch["value"],
+            batch["attention_mask"],
+            context=context,
+            relative_bias=bias,
+            normalization=1.0,
+        )
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,17 +349,3 @@ def test_hstu_model_same_loss_and_gradients_as_eager(monkeypatch: pytest.MonkeyP
         torch.testing.assert_close(
             gradients[name], expected, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
         )
-
-
-def test_default_backend_is_triton_on_cuda_and_selectable_when_loading(monkeypatch, tmp_path) -> None:
-    config = HSTUConfig(num_items=5, max_seq_len=4, hidden_size=8, attention_dim=4, linear_dim=4)
-    HSTUModel(config).save_pretrained(tmp_path)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert HSTUModel.from_pretrained(tmp_path).config._attn_implementation == "eager"
-    assert (
-        HSTUModel.from_pretrained(tmp_path, attn_implementation="hstu_triton").config._attn_implementation
-        == "hstu_triton"
-    )
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert HSTUModel.from_pretrained(tmp_path).config._attn_implementation == "hstu_triton"
-    assert HSTUModel.from_pretrained(tmp_path, attn_implementation="eager").config._attn_implementation == "eager"

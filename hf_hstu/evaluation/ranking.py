@@ -51,14 +51,18 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> dict[str, float]:
-    """Load a saved (or Hub) checkpoint and rank the targets of one split of a preprocessed dataset folder."""
+    """Load a saved (or Hub) checkpoint and rank the targets of one split of a preprocessed dataset folder, on the
+    CPU (`attn_implementation`: the attention backend; unset, each forward pass picks it from the device)."""
     from transformers import AutoModel
 
     from ..training.arguments import DataArguments
     from ..training.data import load_training_data
 
-    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    model = AutoModel.from_pretrained(
+        model_name_or_path, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+    )
     data = load_training_data(DataArguments(dataset=dataset), model.config.max_seq_len)
     if split not in data.splits or split == "train":
         raise ValueError(f"{dataset}: no evaluation split '{split}'; it has {sorted(data.splits)}.")

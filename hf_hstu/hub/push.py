@@ -13,13 +13,15 @@ from transformers import AutoConfig
 from .model_card import build_model_card
 
 
-def describe_hardware(num_processes: int = 1) -> str:
-    """What the run ran on, for the model card."""
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
+def describe_hardware(device: torch.device, num_processes: int = 1) -> str:
+    """What the run ran on (the device it trained on, not what else the machine has), for the model card."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
     else:
-        device = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return f"{num_processes} x {device}" if num_processes > 1 else device
+        name = (
+            f"{device.type.upper()} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+    return f"{num_processes} x {name}" if num_processes > 1 else name
 
 
 def write_run_model_card(
@@ -30,11 +32,13 @@ def write_run_model_card(
     training_seconds: float | None,
     num_processes: int,
     training_config: dict,
+    device: torch.device | None = None,
     protocol: str | None = None,
     model_id: str | None = None,
     command: str | None = None,
 ) -> ModelCard:
-    """Write README.md (the model card) into a saved checkpoint folder, from its config and the measured metrics."""
+    """Write README.md (the model card) into a saved checkpoint folder, from its config and the measured metrics
+    (`device`: what the run trained on, stated as the card's hardware when given)."""
     checkpoint_dir = Path(checkpoint_dir)
     config = AutoConfig.from_pretrained(checkpoint_dir, trust_remote_code=True).to_dict()
     extra = {"protocol": protocol} if protocol else {}
@@ -45,7 +49,7 @@ def write_run_model_card(
         command=command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         metrics=metrics,
         training_time_s=training_seconds,
-        hardware=describe_hardware(num_processes),
+        hardware=None if device is None else describe_hardware(device, num_processes),
         model_id=model_id,
         training_config=training_config,
         **extra,

@@ -52,12 +52,6 @@ class SequentialRecommenderConfig(PreTrainedConfig):
             Dimension of each mixture-of-logits component.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of embeddings and projections.
-        length_group_size (`int`, *optional*):
-            A computation setting, not part of the model: the encoder sorts a batch by length and encodes it in groups
-            of this many sequences, each trimmed to its longest sequence, so less is spent on padding and the
-            (group, N, N) attention temporaries stay cache-sized. `0` encodes the whole batch at once; `None` (the
-            default) means groups of 32 on the CPU (1.5x faster training steps there) and the whole batch on
-            accelerators. Results do not depend on it beyond float rounding.
     """
 
     num_items: int = interval(min=1)(default=1)
@@ -77,12 +71,6 @@ class SequentialRecommenderConfig(PreTrainedConfig):
     mol_num_item_components: int = interval(min=1)(default=4)
     mol_component_dim: int = interval(min=1)(default=32)
     initializer_range: float = interval(min=0.0, max=1.0)(default=0.02)
-    length_group_size: int | None = None
-
-    def validate_length_group_size(self):
-        """Part of `@strict` validation: a group size is a count of sequences."""
-        if self.length_group_size is not None and self.length_group_size < 0:
-            raise ValueError(f"length_group_size must be None or >= 0, got {self.length_group_size}.")
 
     @property
     def tokens_per_event(self) -> int:

@@ -1,7 +1,5 @@
-"""Exact PyTorch reference of HSTU pointwise attention with relative position and time bias.
-
-This is the "eager" attention backend of :class:`~hf_hstu.HSTUModel`; the Triton backend
-(``triton_hstu_attention.py``) computes the same function on jagged tensors.
+"""HSTU attention: the relative bias, the per-forward attention context, the choice of backend, and the exact
+PyTorch reference (the "eager" backend).
 
 For one sequence and head, query ``i`` and key ``j <= i`` (causal, diagonal included)::
 
@@ -9,16 +7,36 @@ For one sequence and head, query ``i`` and key ``j <= i`` (causal, diagonal incl
     a_ij = SiLU(s_ij) / n
     out_i = sum_j a_ij v_j
 
-with ``n`` a fixed normalisation length, ``t~_i`` the query time of position ``i`` (the time of the
-event it predicts) and ``bucket(d) = clamp(floor(ln(max(|d|, 1)) / divisor), 0, num_buckets)``.
-There is no ``1/sqrt(d)`` scaling and no softmax.
+with ``n`` a fixed normalisation length, ``t~_i`` the query time of position ``i`` (the time of the event it predicts) and
+``bucket(d) = clamp(floor(ln(max(|d|, 1)) / divisor), 0, num_buckets)`` (the research code's bucketing). There is no
+``1/sqrt(d)`` scaling and no softmax.
+
+The contract every backend follows:
+
+- each layer owns a :class:`RelativeBias` (its weights ``w_p``, ``w_t``) whose :class:`RelativeBiasSpec` (table
+  sizes, bucketing) is the same for all layers;
+- ``encode`` resolves the backend once per forward from the tensors' device (:func:`resolve_attention_backend`) and
+  prepares that backend's :class:`HSTUAttentionContext` once (the eager backend's mask and time buckets; the Triton
+  backend's jagged offsets), like Llama's position embeddings computed once and passed to every layer;
+- backends are registered with transformers' ``AttentionInterface`` (:func:`register_hstu_attention`) and share one
+  signature: ``(module, query, key, value, attention_mask, *, context, relative_bias, normalization, dropout)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AttentionInterface
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# The attention implementation HSTU models get when none is requested: the fused kernels for CUDA tensors where
+# triton is installed, the eager reference for any other tensors; decided per forward pass.
+AUTO_ATTENTION = "hstu_auto"
 
 
 def time_bucket_ids(
@@ -50,19 +68,99 @@ def relative_position_bias(position_weights: torch.Tensor, seq_len: int) -> torc
     return position_weights[max_len - 1 + positions.unsqueeze(0) - positions.unsqueeze(1)]
 
 
-class RelativeBucketedTimeAndPositionBias(nn.Module):
+@dataclass(frozen=True)
+class RelativeBiasSpec:
+    """What the relative bias of every layer of a model is: which parts are on, the table sizes, the bucketing."""
+
+    max_len: int  # longest token sequence: the position table has 2 max_len - 1 entries
+    num_buckets: int  # largest time bucket: the time table has num_buckets + 1 entries
+    bucket_divisor: float  # bucket = floor(ln(max(|gap|, 1)) / bucket_divisor), clamped to [0, num_buckets]
+    use_position_bias: bool
+    use_time_bias: bool
+
+    @classmethod
+    def from_config(cls, config) -> RelativeBiasSpec:
+        return cls(
+            max_len=config.max_tokens,
+            num_buckets=config.num_time_buckets,
+            bucket_divisor=config.time_bucket_divisor,
+            use_position_bias=config.use_position_bias,
+            use_time_bias=config.use_time_bias,
+        )
+
+    def time_buckets(self, query_timestamps: torch.Tensor, key_timestamps: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) bucket of each (query, key) time gap; see `time_bucket_ids`."""
+        return time_bucket_ids(query_timestamps, key_timestamps, self.num_buckets, self.bucket_divisor)
+
+
+class RelativeBias(nn.Module):
     """Learned relative attention bias of one HSTU layer, shared by its heads.
 
-    Holds ``position_weights`` (2 N_max - 1,) when the position part is on and ``time_weights``
-    (num_buckets + 1,) when the time part is on; either can be off.
+    Holds ``position_weights`` (2 max_len - 1,) when the position part is on and ``time_weights`` (num_buckets + 1,)
+    when the time part is on; either can be off (then the attribute is None).
     """
 
-    def __init__(self, max_len: int, num_buckets: int, use_position_bias: bool, use_time_bias: bool) -> None:
+    def __init__(self, spec: RelativeBiasSpec) -> None:
         super().__init__()
-        self.max_len = max_len
-        self.num_buckets = num_buckets
-        self.position_weights = nn.Parameter(torch.empty(2 * max_len - 1)) if use_position_bias else None
-        self.time_weights = nn.Parameter(torch.empty(num_buckets + 1)) if use_time_bias else None
+        self.spec = spec
+        self.position_weights = nn.Parameter(torch.empty(2 * spec.max_len - 1)) if spec.use_position_bias else None
+        self.time_weights = nn.Parameter(torch.empty(spec.num_buckets + 1)) if spec.use_time_bias else None
+
+    def forward(self, context: HSTUAttentionContext) -> torch.Tensor | None:
+        """The dense bias (B or 1, 1, N, N) of the padded batch of `context`, or None when both parts are off."""
+        seq_len = context.attention_mask.shape[1]
+        bias = None
+        if self.position_weights is not None:
+            bias = relative_position_bias(self.position_weights, seq_len)  # (N, N)
+        if self.time_weights is not None:
+            buckets = context.time_buckets  # (B, N, N)
+            time_bias = self.time_weights.index_select(0, buckets.flatten()).view_as(buckets)
+            bias = time_bias if bias is None else time_bias + bias
+        return None if bias is None else bias.unsqueeze(-3)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec}"
+
+
+@dataclass(frozen=True)
+class HSTUAttentionContext:
+    """Per-forward state of HSTU attention, computed once in `encode` and handed to every layer and to the backend.
+
+    This base class is the eager backend's context: the attention mask and, with the time bias, the time buckets of
+    every (query, key) pair. A backend that needs other per-batch state subclasses it and specialises `prepare`.
+    """
+
+    backend: str  # the registered attention function the layers call
+    attention_mask: torch.Tensor  # (B, N) bool, True for real tokens, right-padded
+    key_timestamps: torch.Tensor  # (B, N) int64 time of each token's event
+    query_timestamps: torch.Tensor  # (B, N) int64 time of the event each position predicts
+    time_buckets: torch.Tensor | None = None  # (B, N, N) int64, with the time bias
+    masked_out: torch.Tensor | None = None  # (B, 1, N, N) bool: pairs that contribute nothing (future or padding)
+
+    @classmethod
+    def unsupported_reason(cls, device: torch.device, attention_dropout: float) -> str | None:
+        """Why this backend cannot run on tensors of `device` (with that attention dropout), or None if it can."""
+        return None
+
+    @classmethod
+    def prepare(
+        cls,
+        backend: str,
+        attention_mask: torch.Tensor,
+        key_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        spec: RelativeBiasSpec,
+    ) -> HSTUAttentionContext:
+        seq_len = attention_mask.shape[1]
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=attention_mask.device).tril()
+        return cls(
+            backend=backend,
+            attention_mask=attention_mask,
+            key_timestamps=key_timestamps,
+            query_timestamps=query_timestamps,
+            time_buckets=spec.time_buckets(query_timestamps, key_timestamps) if spec.use_time_bias else None,
+            masked_out=~(causal & attention_mask[:, None, None, :].bool()),
+        )
 
 
 def hstu_attention_forward(
@@ -72,15 +170,10 @@ def hstu_attention_forward(
     value: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
+    context: HSTUAttentionContext,
+    relative_bias: RelativeBias,
     normalization: float,
-    position_weights: torch.Tensor | None = None,
-    time_weights: torch.Tensor | None = None,
-    query_timestamps: torch.Tensor | None = None,
-    key_timestamps: torch.Tensor | None = None,
-    num_buckets: int = 128,
-    bucket_divisor: float = 0.301,
     dropout: float = 0.0,
-    bias_cache: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Reference HSTU attention on right-padded tensors (the "eager" backend).
@@ -91,41 +184,57 @@ def hstu_attention_forward(
         key: (B, H, N, d_qk).
         value: (B, H, N, d_v).
         attention_mask: (B, N) bool, True for real tokens; every row is right-padded (a prefix of True).
+        context: the forward pass's `HSTUAttentionContext` (its mask and time buckets are used).
+        relative_bias: the layer's `RelativeBias`.
         normalization: the fixed length ``n`` that divides SiLU(s).
-        position_weights: (2 N_max - 1,) relative position bias weights, or None when that bias is off.
-        time_weights: (num_buckets + 1,) time bias weights, or None when that bias is off.
-        query_timestamps: (B, N) int64 time of the event each query position predicts (needed with time bias).
-        key_timestamps: (B, N) int64 time of each key's event (needed with time bias).
         dropout: dropout on the attention weights (training only).
-        bias_cache: a dict shared by the layers of one forward pass; the time buckets and the mask are computed
-            once and stored in it.
 
     Returns:
         ((B, N, H, d_v) attention output, None).
     """
-    seq_len = query.shape[2]
-    bias_cache = {} if bias_cache is None else bias_cache
-    scores = torch.matmul(query, key.transpose(-1, -2))  # (B, H, N, N), a fresh tensor: biases are added in place
-    if position_weights is not None:
-        scores += relative_position_bias(position_weights, seq_len)
-    if time_weights is not None:
-        if query_timestamps is None or key_timestamps is None:
-            raise ValueError("the time bias needs query_timestamps and key_timestamps")
-        if time_weights.shape[0] != num_buckets + 1:
-            raise ValueError(
-                f"time_weights has {time_weights.shape[0]} entries, expected num_buckets + 1 = {num_buckets + 1}."
-            )
-        if "time_bucket_ids" not in bias_cache:
-            bias_cache["time_bucket_ids"] = time_bucket_ids(
-                query_timestamps, key_timestamps, num_buckets, bucket_divisor
-            )
-        buckets = bias_cache["time_bucket_ids"]  # (B, N, N)
-        scores += time_weights.index_select(0, buckets.flatten()).view_as(buckets).unsqueeze(1)
-    if "masked_out" not in bias_cache:  # (B, 1, N, N): keys after the query, and padded keys, contribute nothing
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=query.device).tril()
-        bias_cache["masked_out"] = ~(causal & attention_mask[:, None, None, :].bool())
-    weights = F.silu(scores).masked_fill_(bias_cache["masked_out"], 0.0)
+    scores = torch.matmul(query, key.transpose(-1, -2))  # (B, H, N, N), a fresh tensor: the bias is added in place
+    bias = relative_bias(context)
+    if bias is not None:
+        scores += bias
+    weights = F.silu(scores).masked_fill_(context.masked_out, 0.0)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=True)
     attn_output = torch.matmul(weights, value) / normalization  # (B, H, N, d_v); dividing here is N/d times cheaper
     return attn_output.transpose(1, 2).contiguous(), None
+
+
+# Backend name -> the context class that prepares its per-forward state and says where it runs.
+HSTU_ATTENTION_CONTEXTS: dict[str, type[HSTUAttentionContext]] = {"eager": HSTUAttentionContext}
+
+
+def register_hstu_attention(name: str, function, context_class: type[HSTUAttentionContext]) -> None:
+    """Register an HSTU attention backend: its function with transformers' AttentionInterface (so that
+    ``attn_implementation=name`` selects it) and the context class that prepares its per-forward state."""
+    AttentionInterface.register(name, function)
+    HSTU_ATTENTION_CONTEXTS[name] = context_class
+
+
+def resolve_attention_backend(requested: str | None, device: torch.device, attention_dropout: float = 0.0) -> str:
+    """The backend that runs a forward pass on tensors of `device`, from the requested ``attn_implementation``.
+
+    ``"hstu_auto"`` (the default) takes the Triton kernels for CUDA tensors where triton is installed, the eager
+    reference otherwise. A backend requested by name that cannot run on these tensors (the Triton kernels on CPU
+    tensors, say) gives one warning and the eager reference: a model loaded on a GPU machine still runs on the CPU.
+    """
+    if requested in (None, AUTO_ATTENTION):
+        triton_context = HSTU_ATTENTION_CONTEXTS.get("hstu_triton")
+        if device.type == "cuda" and triton_context is not None:
+            if triton_context.unsupported_reason(device, attention_dropout) is None:
+                return "hstu_triton"
+        return "eager"
+    context_class = HSTU_ATTENTION_CONTEXTS.get(requested)
+    if context_class is None:
+        return requested  # a generic AttentionInterface function: the caller's choice
+    reason = context_class.unsupported_reason(device, attention_dropout)
+    if reason is not None:
+        logger.warning_once(
+            f"attn_implementation='{requested}' cannot run here ({reason}); using the eager reference instead. "
+            "Move the model to a CUDA device, or select attn_implementation='eager' to silence this warning."
+        )
+        return "eager"
+    return requested

@@ -11,7 +11,15 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_hstu import HSTUConfig
-from .hstu_attention import RelativeBucketedTimeAndPositionBias, hstu_attention_forward
+from .hstu_attention import (
+    AUTO_ATTENTION,
+    HSTU_ATTENTION_CONTEXTS,
+    HSTUAttentionContext,
+    RelativeBias,
+    RelativeBiasSpec,
+    hstu_attention_forward,
+    resolve_attention_backend,
+)
 from .modeling_recommender import (
     RecommendationOutput,
     SequentialRecommenderOutput,
@@ -40,21 +48,12 @@ class HSTUAttention(nn.Module):
         self.uvqk_proj = nn.Linear(
             config.hidden_size, 2 * self.num_heads * (self.linear_dim + self.attention_dim), bias=False
         )
-        self.relative_bias = RelativeBucketedTimeAndPositionBias(
-            config.max_tokens, config.num_time_buckets, config.use_position_bias, config.use_time_bias
-        )
+        self.relative_bias = RelativeBias(RelativeBiasSpec.from_config(config))
         gated_dim = self.num_heads * self.linear_dim * (3 if config.concat_ua else 1)
         self.o_proj = nn.Linear(gated_dim, config.hidden_size)
         self.dropout = nn.Dropout(config.linear_dropout)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        key_timestamps: torch.Tensor,
-        query_timestamps: torch.Tensor,
-        bias_cache: dict,
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, context: HSTUAttentionContext) -> torch.Tensor:
         """(B, T, D) right-padded hidden states -> (B, T, D)."""
         batch_size, seq_len, _ = hidden_states.shape
         normed = F.layer_norm(hidden_states, (hidden_states.shape[-1],), eps=self.eps)
@@ -65,24 +64,17 @@ class HSTUAttention(nn.Module):
         key = key.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
         value = value.view(batch_size, seq_len, self.num_heads, self.linear_dim).transpose(1, 2)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, hstu_attention_forward
-        )
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(context.backend, hstu_attention_forward)
         attn_output, _ = attention_interface(
             self,
             query,
             key,
             value,
-            attention_mask,
+            context.attention_mask,
+            context=context,
+            relative_bias=self.relative_bias,
             normalization=self.config.attention_normalization,
-            position_weights=self.relative_bias.position_weights,
-            time_weights=self.relative_bias.time_weights,
-            query_timestamps=query_timestamps,
-            key_timestamps=key_timestamps,
-            num_buckets=self.config.num_time_buckets,
-            bucket_divisor=self.config.time_bucket_divisor,
             dropout=self.config.attention_dropout if self.training else 0.0,
-            bias_cache=bias_cache,
         )
         attn_output = F.layer_norm(attn_output.reshape(batch_size, seq_len, value_dim), (value_dim,), eps=self.eps)
         gated = torch.cat([u, attn_output, u * attn_output], dim=-1) if self.config.concat_ua else u * attn_output
@@ -96,9 +88,9 @@ class HSTUDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.attention = HSTUAttention(config, layer_idx)
 
-    def forward(self, hidden_states, attention_mask, key_timestamps, query_timestamps, bias_cache) -> torch.Tensor:
-        hidden_states = self.attention(hidden_states, attention_mask, key_timestamps, query_timestamps, bias_cache)
-        return hidden_states * attention_mask.unsqueeze(-1)
+    def forward(self, hidden_states: torch.Tensor, context: HSTUAttentionContext) -> torch.Tensor:
+        hidden_states = self.attention(hidden_states, context)
+        return hidden_states * context.attention_mask.unsqueeze(-1)
 
 
 class HSTUPreTrainedModel(SequentialRecommenderPreTrainedModel):
@@ -107,16 +99,17 @@ class HSTUPreTrainedModel(SequentialRecommenderPreTrainedModel):
     _no_split_modules = ["HSTUDecoderLayer"]
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
-        """Unless one is requested: the fused Triton kernel where CUDA and triton are there, else the eager
-        reference."""
-        if requested_attention is None and torch.cuda.is_available() and "hstu_triton" in ALL_ATTENTION_FUNCTIONS:
-            return "hstu_triton"
+        """Unless one is requested, "hstu_auto": each forward pass picks the backend from its tensors' device (see
+        `resolve_attention_backend`), never from the machine, so a model loaded on a GPU machine also runs on the CPU.
+        """
+        if requested_attention in (None, AUTO_ATTENTION):
+            return AUTO_ATTENTION
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, RelativeBucketedTimeAndPositionBias):
+        if isinstance(module, RelativeBias):
             for weights in (module.position_weights, module.time_weights):
                 if weights is not None:
                     init.normal_(weights, mean=0.0, std=self.config.initializer_range)
@@ -143,6 +136,7 @@ class HSTUModel(HSTUPreTrainedModel):
 
     def __init__(self, config: HSTUConfig) -> None:
         super().__init__(config)
+        self.relative_bias_spec = RelativeBiasSpec.from_config(config)
         self.layers = nn.ModuleList([HSTUDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
         self.post_init()
@@ -156,10 +150,16 @@ class HSTUModel(HSTUPreTrainedModel):
         return self.config.use_time_bias
 
     def encode(self, token_embeddings, token_mask, token_timestamps, query_timestamps) -> torch.Tensor:
+        attention_dropout = self.config.attention_dropout if self.training else 0.0
+        backend = resolve_attention_backend(
+            self.config._attn_implementation, token_embeddings.device, attention_dropout
+        )
+        context = HSTU_ATTENTION_CONTEXTS.get(backend, HSTUAttentionContext).prepare(
+            backend, token_mask, token_timestamps, query_timestamps, self.relative_bias_spec
+        )
         hidden_states = token_embeddings
-        bias_cache: dict = {}  # per forward pass: lets the backend compute the time buckets once for all layers
         for layer in self.layers:
-            hidden_states = layer(hidden_states, token_mask, token_timestamps, query_timestamps, bias_cache)
+            hidden_states = layer(hidden_states, context)
         return hidden_states
 
 

@@ -136,6 +136,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: SequentialRecommenderConfig) -> None:
         super().__init__(config)
+        self._length_group_size: int | None = None
         self.item_embeddings = nn.Embedding(config.num_items + 1, config.hidden_size, padding_idx=0)
         self.input_preprocessor = INPUT_PREPROCESSORS[config.input_preprocessor](config)
         self.output_postprocessor = build_output_postprocessor(config)
@@ -286,11 +287,25 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states))
         return event_states * batch.attention_mask.unsqueeze(-1)
 
-    def length_group_size(self, device: torch.device) -> int:
-        """Sequences encoded together: `config.length_group_size`, or when that is None 32 on the CPU and the whole
-        batch (0) elsewhere."""
-        if self.config.length_group_size is not None:
-            return self.config.length_group_size
+    @property
+    def length_group_size(self) -> int | None:
+        """A computation setting, not part of the model (never saved): the encoder sorts a batch by length and encodes
+        it in groups of this many sequences, each trimmed to its longest, so less is spent on padding and the
+        (group, N, N) attention temporaries stay cache-sized. `0` encodes the whole batch at once; `None` (the
+        default) means groups of 32 for CPU tensors (1.5x faster training steps there) and the whole batch on
+        accelerators. Results do not depend on it beyond float rounding."""
+        return self._length_group_size
+
+    @length_group_size.setter
+    def length_group_size(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"length_group_size must be None or an integer >= 0, got {value!r}.")
+        self._length_group_size = value
+
+    def group_size_for(self, device: torch.device) -> int:
+        """Sequences encoded together for tensors on `device` (see `length_group_size`)."""
+        if self.length_group_size is not None:
+            return self.length_group_size
         return 32 if device.type == "cpu" else 0
 
     @staticmethod
@@ -304,8 +319,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             yield rows, batch.select(rows)
 
     def _encode_in_length_groups(self, batch: EventBatch) -> torch.Tensor:
-        """`_encode_events` of the batch, computed group by group (see `config.length_group_size`)."""
-        group_size = self.length_group_size(batch.input_ids.device)
+        """`_encode_events` of the batch, computed group by group (see `length_group_size`)."""
+        group_size = self.group_size_for(batch.input_ids.device)
         if group_size == 0 or group_size >= batch.input_ids.shape[0]:
             return self._encode_events(batch)
         width = batch.input_ids.shape[1]
@@ -409,7 +424,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         of `forward`.
         """
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
-        chunk_size = chunk_size or self.length_group_size(batch.input_ids.device) or 256
+        chunk_size = chunk_size or self.group_size_for(batch.input_ids.device) or 256
         user_embeddings = None
         was_training = self.training
         self.eval()

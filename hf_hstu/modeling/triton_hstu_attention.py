@@ -28,11 +28,13 @@ imported), for testing: the eager backend is much faster on a CPU.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AttentionInterface
+
+from .hstu_attention import HSTUAttentionContext, RelativeBias, RelativeBiasSpec, register_hstu_attention
 
 # In a try block, which transformers' remote-code dependency check skips: a model loaded with trust_remote_code where
 # triton is missing must not require it; the model file catches this ImportError and keeps the eager backend.
@@ -683,6 +685,58 @@ def hstu_attention_jagged(
     )
 
 
+@dataclass(frozen=True)
+class JaggedAttentionContext(HSTUAttentionContext):
+    """The "hstu_triton" backend's per-forward state: where the real tokens of the right-padded batch are, as the
+    jagged layout the kernels read, computed once per forward pass for all layers."""
+
+    token_indices: torch.Tensor | None = None  # (T,) rows of the flattened (B * N) positions that hold real tokens
+    seq_offsets: torch.Tensor | None = None  # (B + 1,) int64: sequence b is jagged rows seq_offsets[b]:[b + 1]
+    max_seq_len: int = 1  # the longest sequence (sizes the launch grid)
+    jagged_key_timestamps: torch.Tensor | None = None  # (T,) int64, with the time bias
+    jagged_query_timestamps: torch.Tensor | None = None  # (T,) int64, with the time bias
+
+    @classmethod
+    def unsupported_reason(cls, device: torch.device, attention_dropout: float) -> str | None:
+        if attention_dropout > 0.0:
+            return f"the Triton kernels have no attention dropout (attention_dropout={attention_dropout})"
+        if device.type != "cuda" and not INTERPRET:
+            return f"the Triton kernels run on CUDA tensors, these are on {device}"
+        return None
+
+    @classmethod
+    def prepare(
+        cls,
+        backend: str,
+        attention_mask: torch.Tensor,
+        key_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        spec: RelativeBiasSpec,
+    ) -> JaggedAttentionContext:
+        token_mask = attention_mask.bool()
+        seq_len = token_mask.shape[1]
+        lengths = token_mask.sum(1)
+        if not torch.equal(token_mask, torch.arange(seq_len, device=lengths.device) < lengths[:, None]):
+            raise ValueError("the hstu_triton attention needs a right-padded attention_mask (real tokens first)")
+        token_indices = token_mask.flatten().nonzero().squeeze(1)
+        jagged_timestamps = {}
+        if spec.use_time_bias:
+            jagged_timestamps = {
+                "jagged_key_timestamps": key_timestamps.flatten()[token_indices],
+                "jagged_query_timestamps": query_timestamps.flatten()[token_indices],
+            }
+        return cls(
+            backend=backend,
+            attention_mask=token_mask,
+            key_timestamps=key_timestamps,
+            query_timestamps=query_timestamps,
+            token_indices=token_indices,
+            seq_offsets=F.pad(lengths.cumsum(0), (1, 0)),
+            max_seq_len=max(int(lengths.max()), 1),
+            **jagged_timestamps,
+        )
+
+
 def hstu_triton_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -690,66 +744,48 @@ def hstu_triton_attention_forward(
     value: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
+    context: JaggedAttentionContext,
+    relative_bias: RelativeBias,
     normalization: float,
-    position_weights: torch.Tensor | None = None,
-    time_weights: torch.Tensor | None = None,
-    query_timestamps: torch.Tensor | None = None,
-    key_timestamps: torch.Tensor | None = None,
-    num_buckets: int = 128,
-    bucket_divisor: float = 0.301,
     dropout: float = 0.0,
-    bias_cache: dict | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """The "hstu_triton" attention backend: `hstu_attention_forward`'s signature and output, fused kernels inside.
 
-    Gathers the real tokens of the right-padded (B, H, N, d) inputs into jagged tensors, runs
-    `hstu_attention_jagged` and scatters the result back to (B, N, H, d_v), zeros at padding positions. The jagged
-    layout is computed once per forward pass and kept in ``bias_cache``. The kernels have no attention dropout.
+    Gathers the real tokens of the right-padded (B, H, N, d) inputs into jagged tensors (the layout of `context`,
+    a `JaggedAttentionContext`), runs `hstu_attention_jagged` and scatters the result back to (B, N, H, d_v), zeros
+    at padding positions. The kernels have no attention dropout.
     """
     if dropout > 0.0:
         raise ValueError(
             f"the hstu_triton attention has no attention dropout (got dropout={dropout}); use "
             "attn_implementation='eager' to train with attention dropout"
         )
+    if not isinstance(context, JaggedAttentionContext):
+        raise TypeError(f"the hstu_triton attention needs a JaggedAttentionContext, got {type(context).__name__}")
     batch_size, _, seq_len, _ = query.shape
-    layout = bias_cache.get("triton_jagged_layout") if bias_cache is not None else None
-    if layout is None:
-        token_mask = attention_mask.bool()
-        lengths = token_mask.sum(1)
-        if not torch.equal(token_mask, torch.arange(seq_len, device=lengths.device) < lengths[:, None]):
-            raise ValueError("the hstu_triton attention needs a right-padded attention_mask (real tokens first)")
-        token_indices = token_mask.flatten().nonzero().squeeze(1)  # (T,) rows of the flattened (B * N) positions
-        timestamps = (None, None)
-        if time_weights is not None:
-            if query_timestamps is None or key_timestamps is None:
-                raise ValueError("the time bias needs query_timestamps and key_timestamps")
-            timestamps = (query_timestamps.flatten()[token_indices], key_timestamps.flatten()[token_indices])
-        seq_offsets = F.pad(lengths.cumsum(0), (1, 0))
-        layout = (token_indices, seq_offsets, max(int(lengths.max()), 1), *timestamps)
-        if bias_cache is not None:
-            bias_cache["triton_jagged_layout"] = layout
-    token_indices, seq_offsets, max_seq_len, jagged_query_timestamps, jagged_key_timestamps = layout
+    spec = relative_bias.spec
 
     def to_jagged(padded: torch.Tensor) -> torch.Tensor:  # (B, H, N, d) -> (T, H, d)
-        return padded.transpose(1, 2).flatten(0, 1)[token_indices]
+        return padded.transpose(1, 2).flatten(0, 1)[context.token_indices]
 
     jagged_output = hstu_attention_jagged(
         to_jagged(query),
         to_jagged(key),
         to_jagged(value),
-        seq_offsets,
-        max_seq_len,
+        context.seq_offsets,
+        context.max_seq_len,
         normalization=normalization,
-        position_weights=position_weights,
-        time_weights=time_weights,
-        query_timestamps=jagged_query_timestamps,
-        key_timestamps=jagged_key_timestamps,
-        num_buckets=num_buckets,
-        bucket_divisor=bucket_divisor,
+        position_weights=relative_bias.position_weights,
+        time_weights=relative_bias.time_weights,
+        query_timestamps=context.jagged_query_timestamps,
+        key_timestamps=context.jagged_key_timestamps,
+        num_buckets=spec.num_buckets,
+        bucket_divisor=spec.bucket_divisor,
     )
     output = jagged_output.new_zeros(batch_size * seq_len, *jagged_output.shape[1:])
-    return output.index_copy(0, token_indices, jagged_output).view(batch_size, seq_len, *jagged_output.shape[1:]), None
+    output = output.index_copy(0, context.token_indices, jagged_output)
+    return output.view(batch_size, seq_len, *jagged_output.shape[1:]), None
 
 
-AttentionInterface.register("hstu_triton", hstu_triton_attention_forward)
+register_hstu_attention("hstu_triton", hstu_triton_attention_forward, JaggedAttentionContext)

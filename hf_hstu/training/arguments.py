@@ -113,6 +113,17 @@ class RecTrainingArguments:
     gradient_accumulation_steps: int = field(default=1)
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (bf16 on GPUs)."})
     seed: int = field(default=42)
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "HSTU attention backend: eager, hstu_triton, or unset for hstu_auto (the Triton kernels for CUDA "
+            "tensors, eager otherwise). A run-time setting: checkpoints do not record it."
+        },
+    )
+    length_group_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences encoded together (0 = whole batch; unset: 32 on the CPU, whole batch on GPUs)."},
+    )
     eval_every_epochs: int = field(default=1)
     metric_for_best_model: str = field(default="ndcg@10")
     early_stopping_patience: int | None = field(default=5, metadata={"help": "Evaluations without improvement."})

@@ -5,6 +5,7 @@ the test split scored with the best model, trackers, a model card and an optiona
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ from ..evaluation.ranking import evaluate_ranking
 from ..hub.push import push_checkpoint, write_run_model_card
 from .arguments import DataArguments, ModelArguments, RecTrainingArguments
 from .data import TrainingData, load_training_data
+from .launch import check_process_launch
 from .model_config import MODEL_CLASSES, build_model_config
 from .sampling import EpochSeededSampler, GlobalNegativeSampler
 
@@ -102,6 +104,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
+    check_process_launch(os.environ, accelerator.num_processes)
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/hstu-ml1m).")
     if training_args.batch_size % accelerator.num_processes:
@@ -124,7 +127,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
             raise ValueError(
                 f"Cannot resume from {checkpoint_path}: its model config differs: " + "; ".join(differences)
             )
-    model = MODEL_CLASSES[model_args.model_type][1](config)
+    model = _with_runtime_settings(MODEL_CLASSES[model_args.model_type][1](config), training_args)
 
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -262,7 +265,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     test_metrics = None
     if "test" in eval_loaders:
         accelerator.wait_for_everyone()
-        best_model = MODEL_CLASSES[model_args.model_type][1].from_pretrained(best_model_dir).to(accelerator.device)
+        best_model = MODEL_CLASSES[model_args.model_type][1].from_pretrained(best_model_dir)
+        best_model = _with_runtime_settings(best_model, training_args).to(accelerator.device)
         test_metrics = evaluate_ranking(best_model, eval_loaders["test"], accelerator, training_args.k_values)
     validation_metrics = None
     if state.best_epoch is not None and validation_split:
@@ -290,6 +294,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
                 metrics=test_metrics,
                 training_seconds=train_seconds,
                 num_processes=accelerator.num_processes,
+                device=accelerator.device,
                 training_config=_flat_arguments(model_args, data_args, training_args),
                 protocol=data.protocol_text,
                 model_id=training_args.hub_model_id,
@@ -300,6 +305,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _with_runtime_settings(model, training_args: RecTrainingArguments):
+    """The model with the run's computation settings, which are not part of its config (nor of checkpoints)."""
+    if training_args.attn_implementation is not None:
+        model.set_attn_implementation(training_args.attn_implementation)
+    model.length_group_size = training_args.length_group_size
+    return model
 
 
 def _globally_weighted(loss: torch.Tensor, attention_mask: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
