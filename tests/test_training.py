@@ -2,6 +2,10 @@
 resumption, and the errors for bad input."""
 
 import json
+import logging
+import shutil
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_hstu.data import ItemVocabulary
+from hf_hstu.training import loop
 from hf_hstu.training.arguments import PRESETS, parse_training_arguments
 from hf_hstu.training.loop import train
 from hf_hstu.training.model_config import build_model_config
@@ -149,3 +154,67 @@ def test_every_shipped_config_file_parses_to_its_preset():
         preset = PRESETS[path.stem]
         assert model_args.model_type == preset["model_type"] and model_args.hidden_size == preset["hidden_size"]
         assert training_args.num_epochs == preset["num_epochs"] and data_args.dataset == f"data/{preset['dataset']}"
+
+
+def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path, tiny_dataset, caplog):
+    run(tmp_path, tiny_dataset, "--num_epochs", "2", "--early_stopping_patience", "10", "--save_total_limit", "5")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(folder.name for folder in checkpoints.iterdir()) == ["epoch_0001", "epoch_0002"]
+    # killed while writing epoch 3: the staging folder of this package, and a half-written folder that has the final
+    # name but not the training state that is written last
+    shutil.copytree(checkpoints / "epoch_0002", checkpoints / "epoch_0003.tmp")
+    shutil.copytree(checkpoints / "epoch_0002", checkpoints / "epoch_0004")
+    (checkpoints / "epoch_0004" / "training_state.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="hf_hstu.training.loop"):
+        result = run(
+            tmp_path,
+            tiny_dataset,
+            *("--num_epochs", "3", "--early_stopping_patience", "10", "--resume_from_checkpoint", "latest"),
+        )
+    assert "Resuming from" in caplog.text and "epoch_0002" in caplog.text and "epoch_0004" in caplog.text
+    assert [record["epoch"] for record in result.history] == [1, 2, 3]
+    assert (checkpoints / "epoch_0003" / "training_state.json").is_file()
+    with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
+        run(tmp_path, tiny_dataset, "--resume_from_checkpoint", str(checkpoints / "epoch_0004"))
+
+
+def test_overwrite_starts_clean_and_keeps_the_old_run_until_the_new_one_saves(tmp_path, tiny_dataset, monkeypatch):
+    run(tmp_path, tiny_dataset, "--num_epochs", "3", "--early_stopping_patience", "10", "--save_total_limit", "5")
+    output_dir = tmp_path / "run"
+
+    def fail_before_the_first_checkpoint(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(loop, "_save_training_state", fail_before_the_first_checkpoint)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path, tiny_dataset, "--num_epochs", "1", "--overwrite_output_dir", "true")
+    (replaced,) = tmp_path.glob("run.replaced-*")  # the old run, whole, beside the failed new one
+    assert sorted(folder.name for folder in (replaced / "checkpoints").iterdir())[-1] == "epoch_0003"
+    monkeypatch.undo()
+
+    result = run(tmp_path, tiny_dataset, "--num_epochs", "1", "--overwrite_output_dir", "true")
+    assert sorted(folder.name for folder in (output_dir / "checkpoints").iterdir()) == ["epoch_0001"]
+    assert not list(tmp_path.glob("run.replaced-*"))  # removed once the new run had saved
+    # a later resume continues the new run, not the old one
+    resumed = run(tmp_path, tiny_dataset, "--num_epochs", "2", "--resume_from_checkpoint", "latest")
+    assert [record["epoch"] for record in resumed.history] == [1, 2]
+    assert resumed.history[0] == result.history[0]
+
+
+def test_resume_refuses_a_checkpoint_of_other_data(tmp_path, tiny_dataset):
+    run(tmp_path, tiny_dataset, "--num_epochs", "1")
+    other = save_tiny_dataset(tmp_path / "other", num_users=40)
+    with pytest.raises(ValueError, match="it was trained on other data: .*train_sequences: checkpoint 48 vs now 40"):
+        argv = [*TINY, "--dataset", str(other), "--output_dir", str(tmp_path / "run")]
+        train(*parse_training_arguments([*argv, "--num_epochs", "2", "--resume_from_checkpoint", "latest"]))
+
+
+def test_resumed_run_reports_its_total_training_time(tmp_path, tiny_dataset, monkeypatch):
+    clock = iter(range(0, 10_000, 10))  # the loop's clock: each reading 10 s after the previous one
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(clock)), strftime=time.strftime))
+    first = run(tmp_path, tiny_dataset, "--num_epochs", "1")  # readings: start 0, checkpoint 10, end 20
+    assert first.train_seconds == 20.0
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "epoch_0001" / "training_state.json").read_text())
+    assert saved["train_seconds"] == 10.0  # the training time up to that checkpoint
+    resumed = run(tmp_path, tiny_dataset, "--num_epochs", "2", "--resume_from_checkpoint", "latest")
+    assert resumed.train_seconds == 10.0 + 20.0  # before the resume, then start 30 to end 50 of this session

@@ -2,12 +2,14 @@
 early stopping, the best model saved with `save_pretrained`, full training state every epoch for exact resumption,
 the test split scored with the best model, trackers, a model card and an optional push to the Hub."""
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best_model"
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_COMPLETE_FILE = "training_state.json"  # written last into a checkpoint folder
 # Config entries that describe the saving process, not the model; ignored when comparing configs on resume.
 _NON_ARCHITECTURE_KEYS = {"_name_or_path", "transformers_version", "auto_map", "architectures", "dtype"}
 
@@ -42,6 +45,7 @@ class TrainingState:
     best_metric: float | None = None
     best_epoch: int | None = None
     evaluations_without_improvement: int = 0
+    train_seconds: float = 0.0  # training time of all the run's sessions up to this checkpoint
     history: list = field(default_factory=list)
 
     def state_dict(self) -> dict:
@@ -74,23 +78,69 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def _find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path:
+    """The checkpoint folder to resume from: the given one, or with "latest" the newest complete one in output_dir.
+
+    A checkpoint is written into `epoch_NNNN.tmp` and renamed once complete (its training_state.json is written
+    last), so a run killed while saving leaves no folder that looks complete.
+    """
     if resume_from_checkpoint != "latest":
         path = Path(resume_from_checkpoint)
-        if not (path / "training_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a training checkpoint (no training_state.json in it).")
+        if not (path / CHECKPOINT_COMPLETE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a complete training checkpoint (no {CHECKPOINT_COMPLETE_FILE} in it)."
+            )
         return path
-    candidates = sorted((output_dir / CHECKPOINTS_DIR).glob("epoch_*"))
-    if not candidates:
-        raise FileNotFoundError(f"No checkpoint to resume from in {output_dir / CHECKPOINTS_DIR}.")
-    return candidates[-1]
+    folders = sorted((output_dir / CHECKPOINTS_DIR).glob("epoch_*"))
+    complete = [
+        folder for folder in folders if folder.suffix != ".tmp" and (folder / CHECKPOINT_COMPLETE_FILE).is_file()
+    ]
+    if not complete:
+        raise FileNotFoundError(
+            f"No complete checkpoint to resume from in {output_dir / CHECKPOINTS_DIR}"
+            + (f" (incomplete: {', '.join(folder.name for folder in folders)})." if folders else ".")
+        )
+    skipped = [folder.name for folder in folders if folder not in complete and folder.name > complete[-1].name]
+    if skipped:
+        logger.warning(
+            "Resuming from %s; skipped the newer incomplete checkpoint(s) %s (a run stopped while saving).",
+            complete[-1],
+            ", ".join(skipped),
+        )
+    return complete[-1]
 
 
-def _prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> None:
-    if output_dir.exists() and any(output_dir.iterdir()) and not (resuming or overwrite):
+def _prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Path | None:
+    """Check that output_dir may be written. With `overwrite`, move the previous run aside into a sibling folder
+    (returned), so that the new run starts in a clean folder and nothing of the old one is lost until the new one
+    has saved its first checkpoint (then `train` deletes it)."""
+    if not output_dir.exists() or not any(output_dir.iterdir()) or resuming:
+        return None
+    if not overwrite:
         raise FileExistsError(
             f"output_dir {output_dir} already holds a run; pass --overwrite_output_dir to replace it or "
             "--resume_from_checkpoint latest to continue it."
         )
+    replaced = output_dir.with_name(
+        f"{output_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    )
+    output_dir.rename(replaced)
+    output_dir.mkdir()
+    logger.warning(
+        "Moved the previous run in %s to %s; it is deleted once this run saves a checkpoint.", output_dir, replaced
+    )
+    return replaced
+
+
+def _dataset_signature(data: TrainingData) -> dict:
+    """What identifies the training data of a run, stored in checkpoints and compared on resume."""
+    vocabulary = json.dumps([str(raw_id) for raw_id in data.vocabulary.raw_ids])
+    train_split = data.splits["train"]
+    return {
+        "dataset": data.name,
+        "num_items": data.vocabulary.num_items,
+        "train_sequences": len(train_split),
+        "item_vocabulary_sha256": hashlib.sha256(vocabulary.encode()).hexdigest(),
+    }
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
@@ -112,8 +162,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
             f"batch_size ({training_args.batch_size}) must be divisible by the number of processes "
             f"({accelerator.num_processes})."
         )
+    replaced_run = None
     if accelerator.is_main_process:
-        _prepare_output_dir(output_dir, resuming, training_args.overwrite_output_dir)
+        replaced_run = _prepare_output_dir(output_dir, resuming, training_args.overwrite_output_dir)
+    accelerator.wait_for_everyone()
     set_seed(training_args.seed)
 
     with accelerator.main_process_first():
@@ -126,6 +178,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         if differences:
             raise ValueError(
                 f"Cannot resume from {checkpoint_path}: its model config differs: " + "; ".join(differences)
+            )
+        saved_dataset = json.loads((checkpoint_path / "dataset.json").read_text())
+        differences = _config_differences(saved_dataset, _dataset_signature(data))
+        if differences:
+            raise ValueError(
+                f"Cannot resume from {checkpoint_path}: it was trained on other data: " + "; ".join(differences)
             )
     model = _with_runtime_settings(MODEL_CLASSES[model_args.model_type][1](config), training_args)
 
@@ -176,7 +234,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         )
     validation_split = "validation" if "validation" in eval_loaders else None
     best_model_dir = output_dir / BEST_MODEL_DIR
-    start_time = time.perf_counter()
+    start_time, seconds_before = time.perf_counter(), state.train_seconds  # earlier sessions of a resumed run
     stop = False
     for epoch in range(state.epoch, training_args.num_epochs):
         train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
@@ -257,10 +315,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         elif not validation_split:  # no validation split: the last model is the best model
             state.best_epoch = state.epoch
             _save_best_model(accelerator, model, data, best_model_dir)
-        _save_training_state(accelerator, config, state, output_dir, training_args.save_total_limit)
+        state.train_seconds = seconds_before + time.perf_counter() - start_time
+        _save_training_state(accelerator, config, data, state, output_dir, training_args.save_total_limit)
+        if replaced_run is not None:  # this run has started well: the runs it replaces (also by failed tries) go
+            for folder in output_dir.parent.glob(f"{output_dir.name}.replaced-*"):
+                shutil.rmtree(folder)
+            replaced_run = None
         if stop:
             break
-    train_seconds = time.perf_counter() - start_time
+    train_seconds = seconds_before + time.perf_counter() - start_time
 
     test_metrics = None
     if "test" in eval_loaders:
@@ -338,14 +401,24 @@ def _save_best_model(accelerator: Accelerator, model, data: TrainingData, best_m
 
 
 def _save_training_state(
-    accelerator: Accelerator, config, state: TrainingState, output_dir: Path, save_total_limit: int
+    accelerator: Accelerator, config, data: TrainingData, state: TrainingState, output_dir: Path, save_total_limit: int
 ) -> None:
+    """Save the full training state atomically: into `epoch_NNNN.tmp`, renamed once every file is written."""
     checkpoint_dir = output_dir / CHECKPOINTS_DIR / f"epoch_{state.epoch:04d}"
-    accelerator.save_state(str(checkpoint_dir))
+    staging = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
     if accelerator.is_main_process:
-        (checkpoint_dir / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        (checkpoint_dir / "training_state.json").write_text(json.dumps(state.state_dict(), indent=2))
-        for old in sorted((output_dir / CHECKPOINTS_DIR).glob("epoch_*"))[:-save_total_limit]:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        (staging / "dataset.json").write_text(json.dumps(_dataset_signature(data), indent=2))
+        (staging / CHECKPOINT_COMPLETE_FILE).write_text(json.dumps(state.state_dict(), indent=2))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        staging.rename(checkpoint_dir)
+        complete = [folder for folder in sorted(checkpoint_dir.parent.glob("epoch_*")) if folder.suffix != ".tmp"]
+        for old in complete[:-save_total_limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
