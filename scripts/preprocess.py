@@ -42,6 +42,14 @@ class SourceArguments:
     errors: Literal["raise", "skip"] = field(
         default="raise", metadata={"help": "Malformed rows: raise on the first, or skip and count them."}
     )
+    timestamp_unit: Literal["s", "ms", "us"] | None = field(
+        default=None,
+        metadata={
+            "help": "Unit of numeric timestamps, converted to unix seconds (floored). Unset: whole seconds are "
+            "required, and a fraction of a second or a value after the year 5000 (milliseconds?) is an error "
+            "naming the file, line and column."
+        },
+    )
 
 
 @dataclass
@@ -75,6 +83,7 @@ def main() -> None:
         rating_col=source.rating_col,
         delimiter=source.delimiter,
         errors=source.errors,
+        timestamp_unit=source.timestamp_unit,
         save_format=output.format,
         overwrite=output.overwrite,
         push_to_hub=output.push_to_hub,

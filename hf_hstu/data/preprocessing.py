@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
-from .sources import Errors, PathLike, default_filters, load_raw_interactions, read_interactions
+from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
 from .vocabulary import ItemVocabulary, UserVocabulary
 
 logger = logging.getLogger(__name__)
@@ -444,6 +444,7 @@ def preprocess(
     rating_col: str | None = None,
     delimiter: str | None = None,
     errors: Errors = "raise",
+    timestamp_unit: TimestampUnit | None = None,
     save_format: Literal["arrow", "parquet"] = "arrow",
     overwrite: bool = False,
     push_to_hub: str | None = None,
@@ -453,6 +454,12 @@ def preprocess(
     to ``output_dir`` (atomically) and/or push them to the Hub dataset repo ``push_to_hub``.
 
     Filters left unset in ``config`` (None) take the dataset's defaults (:func:`default_filters`).
+
+    Args:
+        errors: ``"raise"`` on the first malformed row (naming file and line), or ``"skip"`` to drop and count them.
+        timestamp_unit: unit of numeric timestamps: None (default) for whole unix seconds (a fraction of a second,
+            or a value after the year 5000, is then an error naming file, line and column), or ``"s"``, ``"ms"``,
+            ``"us"`` to convert them (floored to the second).
     """
     if output_dir is not None:
         _check_output(Path(output_dir), overwrite)
@@ -471,6 +478,7 @@ def preprocess(
                 rating_col=rating_col,
                 delimiter=delimiter,
                 errors=errors,
+                timestamp_unit=timestamp_unit,
             )
         ]
         progress.update()

@@ -1,0 +1,147 @@
+"""What a new user trips over: timestamp units, duplicate rows, empty files, modified official files, progress output."""
+
+from __future__ import annotations
+
+import gzip
+
+import datasets
+import pandas as pd
+import pytest
+
+from hf_hstu.data import MalformedInputError, load_raw_interactions, preprocess, read_interactions, read_movielens
+
+COLUMNS = {"user_col": "u", "item_col": "i", "time_col": "t"}
+
+
+def write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def as_records(frame: pd.DataFrame) -> list[tuple]:
+    return list(frame.itertuples(index=False, name=None))
+
+
+# 1. Timestamps: whole seconds, or an explicit unit; never truncated silently.
+
+
+def table_sources(tmp_path, events: pd.DataFrame) -> dict:
+    """The same events as a CSV, a TSV, a Parquet file, a DataFrame and a datasets.Dataset."""
+    events.to_csv(tmp_path / "events.csv", index=False)
+    events.to_csv(tmp_path / "events.tsv", index=False, sep="\t")
+    events.to_parquet(tmp_path / "events.parquet")
+    return {
+        "csv": tmp_path / "events.csv",
+        "tsv": tmp_path / "events.tsv",
+        "parquet": tmp_path / "events.parquet",
+        "DataFrame": events,
+        "Dataset": datasets.Dataset.from_pandas(events),
+    }
+
+
+LOCATION = {  # how each input names its row 0: file and line (after the header), or the table and its row
+    "csv": ("events\\.csv, line", 2),
+    "tsv": ("events\\.tsv, line", 2),
+    "parquet": ("events\\.parquet, row", 0),
+    "DataFrame": ("DataFrame, row", 0),
+    "Dataset": ("Dataset, row", 0),
+}
+
+
+def location(kind: str, row: int) -> str:
+    label, first = LOCATION[kind]
+    return f"{label} {first + row}"
+
+
+@pytest.mark.parametrize("kind", list(LOCATION))
+def test_fractional_timestamps_are_an_error_naming_file_line_and_column(tmp_path, kind):
+    events = pd.DataFrame({"u": [1, 1, 2], "i": [5, 6, 5], "t": [978300760.0, 978300760.7, 978300800.0]})
+    source = table_sources(tmp_path, events)[kind]
+    message = (
+        location(kind, 1)
+        + r": timestamp '978300760\.7' in column 't' is not a whole number of seconds.*--timestamp_unit"
+    )
+    with pytest.raises(MalformedInputError, match=message):
+        read_interactions(source, **COLUMNS)
+    converted = read_interactions(source, **COLUMNS, timestamp_unit="s")  # explicit: floored to the second
+    assert converted["timestamp"].tolist() == [978300760, 978300760, 978300800]
+    skipped = read_interactions(source, **COLUMNS, errors="skip")
+    assert len(skipped) == 2 and skipped.attrs["skipped_rows"] == {"fractional timestamp": 1}
+
+
+@pytest.mark.parametrize("kind", list(LOCATION))
+def test_millisecond_timestamps_are_detected_and_converted_only_when_told(tmp_path, kind):
+    events = pd.DataFrame({"u": [1, 1, 2], "i": [5, 6, 5], "t": [978300760123, 978300761999, 978300800000]})
+    source = table_sources(tmp_path, events)[kind]
+    message = location(kind, 0) + r": timestamp '978300760123' in column 't' is after the year 5000 .*'ms'"
+    with pytest.raises(MalformedInputError, match=message):
+        read_interactions(source, **COLUMNS)
+    converted = read_interactions(source, **COLUMNS, timestamp_unit="ms")
+    assert converted["timestamp"].tolist() == [978300760, 978300761, 978300800]
+    microseconds = events.assign(t=events["t"] * 1000)
+    assert read_interactions(microseconds, **COLUMNS, timestamp_unit="us")["timestamp"].tolist() == [
+        978300760,
+        978300761,
+        978300800,
+    ]
+    with pytest.raises(MalformedInputError, match=r"after the year 5000 as unix milliseconds: .*'us'"):
+        read_interactions(microseconds, **COLUMNS, timestamp_unit="ms")
+
+
+def test_timestamp_units_in_movielens_files_and_preprocess(tmp_path):
+    path = write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978300760.7\n")
+    with pytest.raises(MalformedInputError, match=r"ratings\.dat, line 2: timestamp '978300760\.7' in column"):
+        read_movielens(path, "ml-1m")
+    assert read_movielens(path, "ml-1m", timestamp_unit="s")["timestamp"].tolist() == [978300760, 978300760]
+    events = pd.DataFrame({"u": [1, 1, 1, 2, 2, 2], "i": [1, 2, 3, 1, 2, 3], "t": [1e12, 2e12, 3e12] * 2})
+    events.to_csv(tmp_path / "events.csv", index=False)
+    with pytest.raises(MalformedInputError, match=r"events\.csv, line 2: .*--timestamp_unit ms"):
+        preprocess("csv", raw_path=tmp_path / "events.csv", **COLUMNS)
+    data = preprocess("csv", raw_path=tmp_path / "events.csv", **COLUMNS, timestamp_unit="ms")
+    assert data.metadata["timestamp_range"] == [1_000_000_000, 3_000_000_000]
+    with pytest.raises(ValueError, match="timestamp_unit must be one of"):
+        read_interactions(events, **COLUMNS, timestamp_unit="ns")
+
+
+def test_whole_seconds_and_datetimes_are_unchanged():
+    events = pd.DataFrame({"u": [1, 2], "i": [1, 2], "t": [978300760.0, 978300761.0]})  # floats, but whole
+    assert read_interactions(events, **COLUMNS)["timestamp"].tolist() == [978300760, 978300761]
+    times = pd.to_datetime(["2001-01-01 00:00:00.5", "2001-01-01 00:00:01.0"], utc=True)
+    frame = read_interactions(events.assign(t=times), **COLUMNS, timestamp_unit="ms")  # datetimes: unit unused
+    assert frame["timestamp"].tolist() == [978307200, 978307201]
+
+
+# 3. Empty files: a message naming the file and what is wrong.
+
+
+def test_empty_files_name_the_file(tmp_path):
+    write(tmp_path / "empty.csv", "")
+    with pytest.raises(MalformedInputError, match=r"empty\.csv: the file is empty"):
+        read_interactions(tmp_path / "empty.csv")
+    with gzip.open(tmp_path / "empty.csv.gz", "wt") as handle:
+        handle.write("")
+    with pytest.raises(MalformedInputError, match=r"empty\.csv\.gz: the file is empty"):
+        read_interactions(tmp_path / "empty.csv.gz")
+    write(tmp_path / "u.data", "")
+    with pytest.raises(MalformedInputError, match=r"u\.data: the file is empty"):
+        load_raw_interactions("ml-100k", raw_dir=tmp_path)
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    with pytest.raises(MalformedInputError, match=r"empty\.parquet: the file is empty"):
+        read_interactions(tmp_path / "empty.parquet")
+    write(tmp_path / "reviews_Beauty_5.json", "")
+    with pytest.raises(MalformedInputError, match=r"reviews_Beauty_5\.json: the file is empty"):
+        load_raw_interactions("amazon-beauty-5core", raw_dir=tmp_path)
+
+
+def test_a_header_without_rows_names_the_file(tmp_path):
+    write(tmp_path / "header.csv", "user_id,item_id,timestamp\n")
+    with pytest.raises(MalformedInputError, match=r"header\.csv: no rows \(only the header line\)"):
+        read_interactions(tmp_path / "header.csv")
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n")
+    with pytest.raises(MalformedInputError, match=r"ratings\.csv: no rows"):
+        preprocess("ml-latest-small", raw_dir=tmp_path)
+    pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}).to_parquet(tmp_path / "none.parquet")
+    with pytest.raises(MalformedInputError, match=r"none\.parquet: no rows"):
+        read_interactions(tmp_path / "none.parquet")
+    with pytest.raises(MalformedInputError, match=r"DataFrame: no rows"):
+        read_interactions(pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}))
