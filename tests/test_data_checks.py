@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import pandas as pd
 import pytest
 
-from hf_hstu.data import MalformedInputError, load_raw_interactions, preprocess, read_interactions, read_movielens
+from hf_hstu.data import (
+    MalformedInputError,
+    PreprocessingConfig,
+    build_sequences,
+    load_raw_interactions,
+    preprocess,
+    read_interactions,
+    read_movielens,
+)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# the scripts import this checkout's hf_hstu, whatever copy of the package is installed
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 COLUMNS = {"user_col": "u", "item_col": "i", "time_col": "t"}
 
 
@@ -145,3 +161,66 @@ def test_a_header_without_rows_names_the_file(tmp_path):
         read_interactions(tmp_path / "none.parquet")
     with pytest.raises(MalformedInputError, match=r"DataFrame: no rows"):
         read_interactions(pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []}))
+
+
+# 2. Duplicate rows: one explicit policy, counted in preprocessing.json.
+
+DUPLICATED = [  # user, item, timestamp: row 3 repeats row 1 exactly; row 5 repeats the pair (1, 5) later
+    (1, 5, 100),
+    (1, 6, 100),
+    (1, 5, 100),
+    (1, 7, 200),
+    (1, 5, 300),
+    (2, 5, 100),
+    (2, 6, 200),
+    (2, 7, 300),
+]
+
+
+def events(rows=DUPLICATED) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+def test_exact_duplicates_are_kept_by_default_but_counted_and_logged(caplog):
+    with caplog.at_level("WARNING", logger="hf_hstu.data.preprocessing"):
+        data = build_sequences(events(), PreprocessingConfig(split="paper"))
+    assert data.metadata["exact_duplicates"] == 1 and data.metadata["num_interactions"] == 8
+    assert data.metadata["config"]["duplicates"] == "keep" and "duplicates" not in data.metadata["dropped"]
+    assert "kept 1 exact duplicate rows" in caplog.text and "--duplicates drop" in caplog.text
+    clean = build_sequences(events(DUPLICATED[:2] + DUPLICATED[3:]), PreprocessingConfig(split="paper"))
+    assert clean.metadata["exact_duplicates"] == 0
+
+
+def test_duplicates_drop_error_first_last():
+    dropped = build_sequences(events(), PreprocessingConfig(split="paper", duplicates="drop"))
+    assert dropped.metadata["dropped"]["duplicates"] == 1 and dropped.metadata["exact_duplicates"] == 1
+    user_1 = dropped.dataset["test"][0]
+    assert dropped.item_vocabulary.decode(user_1["item_ids"] + [user_1["target_item_id"]]) == [5, 6, 7, 5]
+    with pytest.raises(ValueError, match=r"DataFrame: 1 exact duplicate rows .*user 1, item 5, timestamp 100"):
+        build_sequences(events(), PreprocessingConfig(split="paper", duplicates="error"))
+    first = build_sequences(events(), PreprocessingConfig(split="paper", duplicates="first"))
+    assert first.metadata["dropped"]["duplicates"] == 2  # the exact duplicate and the later (1, 5)
+    last = build_sequences(events(), PreprocessingConfig(split="paper", duplicates="last"))
+    assert last.dataset["test"][0]["timestamps"] == [100, 200] and last.dataset["test"][0]["target_timestamp"] == 300
+    with pytest.raises(ValueError, match="duplicates must be one of"):
+        PreprocessingConfig(duplicates="ignore")
+
+
+def test_the_old_dedup_option_maps_onto_duplicates():
+    with pytest.warns(FutureWarning, match="use duplicates='first'"):
+        config = PreprocessingConfig(dedup="first")
+    assert (config.duplicates, config.dedup) == ("first", None)
+
+
+def test_duplicates_option_of_the_script(tmp_path):
+    events().to_csv(tmp_path / "events.csv", index=False)
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "preprocess.py"), "--dataset", "csv", "--split", "paper"]
+    command += ["--raw-path", str(tmp_path / "events.csv"), "--output", str(tmp_path / "out")]
+    help_text = subprocess.run([*command[:2], "--help"], capture_output=True, text=True, env=SCRIPT_ENV).stdout
+    assert "--duplicates {keep,drop,error,first,last}" in help_text and "--timestamp_unit {s,ms,us}" in help_text
+    failed = subprocess.run([*command, "--duplicates", "error"], capture_output=True, text=True, env=SCRIPT_ENV)
+    assert failed.returncode != 0 and "1 exact duplicate rows" in failed.stderr
+    done = subprocess.run([*command, "--duplicates", "drop"], capture_output=True, text=True, env=SCRIPT_ENV)
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
+    assert (metadata["exact_duplicates"], metadata["dropped"]["duplicates"], metadata["num_interactions"]) == (1, 1, 7)
