@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import datasets
 import pandas as pd
 import pytest
+from data_testing import shared_dataset
 
+from hf_hstu import HSTUConfig
 from hf_hstu.data import (
+    OFFICIAL_RATINGS_FILES,
     MalformedInputError,
+    ModifiedSourceWarning,
+    OfficialFile,
     PreprocessingConfig,
     build_sequences,
     load_raw_interactions,
@@ -22,6 +29,9 @@ from hf_hstu.data import (
     read_interactions,
     read_movielens,
 )
+from hf_hstu.hub.model_card import build_model_card, dataset_display_name
+from hf_hstu.training.arguments import DataArguments
+from hf_hstu.training.data import load_training_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # the scripts import this checkout's hf_hstu, whatever copy of the package is installed
@@ -224,3 +234,98 @@ def test_duplicates_option_of_the_script(tmp_path):
     assert done.returncode == 0, done.stderr
     metadata = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
     assert (metadata["exact_duplicates"], metadata["dropped"]["duplicates"], metadata["num_interactions"]) == (1, 1, 7)
+
+
+# 4. Raw files on disk are compared with the official files: a modified one is never published silently.
+
+U_DATA = "".join(
+    f"{user}\t{item}\t{1 + (user + item) % 5}\t{881250949 + 60 * item}\n" for user in (1, 2) for item in (1, 2, 3)
+)
+
+
+def pin_as_official(monkeypatch, dataset: str, path, rows: int, **checksums) -> OfficialFile:
+    official = OfficialFile(dataset, path.name, rows=rows, size=path.stat().st_size, **checksums)
+    monkeypatch.setitem(OFFICIAL_RATINGS_FILES, dataset, official)
+    return official
+
+
+def git_blob(path) -> str:
+    return subprocess.run(["git", "hash-object", str(path)], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_tampered_or_truncated_copy_is_flagged(tmp_path, monkeypatch):
+    (tmp_path / "original").mkdir()
+    original = write(tmp_path / "original" / "u.data", U_DATA)
+    sha256 = hashlib.sha256(original.read_bytes()).hexdigest()
+    pin_as_official(monkeypatch, "ml-100k", original, rows=6, sha256=sha256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the official file: no warning
+        data = preprocess("ml-100k", raw_dir=original.parent)
+    assert (data.metadata["source_verified"], data.metadata["source_modified"]) == (True, False)
+    assert (data.metadata["source_rows"], data.metadata["official_rows"]) == (6, 6)
+
+    (tmp_path / "tampered").mkdir()
+    tampered = write(tmp_path / "tampered" / "u.data", U_DATA.replace("\t3\t", "\t4\t", 1))  # same size and rows
+    message = r"tampered/u\.data is not the official ml-100k u\.data: sha256 [0-9a-f]{64} \(official " + sha256
+    with pytest.warns(ModifiedSourceWarning, match=message):
+        data = preprocess("ml-100k", raw_dir=tampered.parent)
+    assert (data.metadata["source_verified"], data.metadata["source_modified"]) == (False, True)
+    assert data.metadata["source_check"]["found"]["sha256"] == hashlib.sha256(tampered.read_bytes()).hexdigest()
+    assert dataset_display_name("ml-100k", data.metadata) == "ml-100k (modified: 6 rows, not the official file)"
+
+    (tmp_path / "truncated").mkdir()
+    truncated = write(tmp_path / "truncated" / "u.data", "".join(U_DATA.splitlines(keepends=True)[:5]))
+    with pytest.warns(ModifiedSourceWarning, match=r"rows 5 \(official 6\), size \d+ bytes \(official \d+\)"):
+        data = preprocess("ml-100k", raw_path=truncated)  # raw_path is checked too
+    assert (data.metadata["source_rows"], data.metadata["official_rows"]) == (5, 6)
+    assert dataset_display_name("ml-100k", data.metadata) == "ml-100k (modified: 5 rows, not the official 6)"
+
+
+def test_the_git_blob_id_verifies_a_file(tmp_path, monkeypatch):
+    text = "".join(f"{user}::{item}::5::97830076{item}\n" for user in (1, 2) for item in (1, 2, 3))
+    original = write(tmp_path / "ratings.dat", text)
+    pin_as_official(monkeypatch, "ml-1m", original, rows=6, git_blob=git_blob(original))
+    frame = load_raw_interactions("ml-1m", raw_dir=tmp_path)
+    assert frame.attrs["source_check"]["source_verified"] is True
+    write(original, text.replace("::5::", "::4::", 1))
+    with pytest.warns(ModifiedSourceWarning, match=r"git_blob [0-9a-f]{40} \(official [0-9a-f]{40}\)"):
+        frame = load_raw_interactions("ml-1m", raw_dir=tmp_path)
+    assert frame.attrs["source_check"]["source_modified"] is True
+
+
+def test_the_shared_partial_ml_1m_is_not_published_as_ml_1m(tmp_path):
+    partial = shared_dataset("ml-1m") / "ratings.partial.dat"
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "ratings.dat").symlink_to(partial)  # a user's truncated ratings.dat
+    expected = r"rows 865,611 \(official 1,000,209\), size 21,265,204 bytes \(official 24,594,131\)"
+    with pytest.warns(ModifiedSourceWarning, match=r"ratings\.dat is not the official ml-1m ratings\.dat: " + expected):
+        preprocess("ml-1m", tmp_path / "out", raw_dir=tmp_path / "raw")
+    metadata = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
+    assert {key: metadata[key] for key in ("source_verified", "source_modified", "source_rows", "official_rows")} == {
+        "source_verified": False,
+        "source_modified": True,
+        "source_rows": 865_611,
+        "official_rows": 1_000_209,
+    }
+    # training names the dataset from preprocessing.json, and the model card shows that name
+    data = load_training_data(DataArguments(dataset=str(tmp_path / "out")), max_seq_len=50)
+    assert data.name == "ml-1m (modified: 865,611 rows, not the official 1,000,209)"
+    card = build_model_card(
+        HSTUConfig(num_items=3689).to_dict(), dataset_name=data.name, dataset_id="ml-1m", command="x"
+    )
+    assert "on ml-1m (modified: 865,611 rows, not the official 1,000,209)" in str(card)
+
+
+@pytest.mark.parametrize("dataset", ["ml-100k", "ml-latest-small"])
+def test_the_shared_official_files_are_verified(dataset):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = load_raw_interactions(dataset, raw_dir=shared_dataset(dataset))
+    check = frame.attrs["source_check"]
+    assert (check["source_verified"], check["source_modified"]) == (True, False)
+    assert check["source_rows"] == check["official_rows"] == OFFICIAL_RATINGS_FILES[dataset].rows
+
+
+def test_unmodified_datasets_keep_their_name():
+    assert dataset_display_name("ml-1m", {"source_verified": True, "source_modified": False}) == "ml-1m"
+    assert dataset_display_name("csv", {}) == dataset_display_name("csv") == "csv"

@@ -315,6 +315,7 @@ def test_preprocess_script(tmp_path):
     assert (metadata["dataset"], metadata["split"], metadata["num_interactions"]) == ("csv", "paper", 20)
 
 
+@pytest.mark.filterwarnings("ignore::hf_hstu.data.ModifiedSourceWarning")  # a small stand-in for u.data
 def test_preprocess_synthetic_and_skip_report(tmp_path):
     data = preprocess("synthetic", tmp_path / "synthetic")
     assert data.metadata["num_users"] == 1000 and data.metadata["num_items"] == 600

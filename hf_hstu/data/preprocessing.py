@@ -332,6 +332,7 @@ def build_sequences(
     timestamps = kept(interactions["timestamp"].to_numpy(dtype=np.int64))
     ratings = kept(ratings) if has_ratings else None
     source, skipped_rows = interactions.attrs["source"], interactions.attrs["skipped_rows"]
+    source_check = interactions.attrs.get("source_check", {})
     del interactions  # frees the frame when the caller passed it without keeping a reference
     if len(timestamps) == 0:
         raise ValueError(f"{dataset_name}: no interactions left after min_rating={config.min_rating}")
@@ -465,6 +466,7 @@ def build_sequences(
         "dropped": dropped,
         "skipped_rows": skipped_rows,
         "exact_duplicates": exact_duplicates,
+        **source_check,  # official datasets: source_verified, source_modified, source_rows, official_rows, ...
     }
     description = json.dumps(metadata)
     dataset = datasets.DatasetDict(

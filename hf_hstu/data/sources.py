@@ -23,6 +23,7 @@ import gzip
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,13 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from ._segments import concat_ranges
-from .download import DatasetNotAvailableError, fetch_movielens
+from .download import (
+    OFFICIAL_RATINGS_FILES,
+    DatasetNotAvailableError,
+    ModifiedSourceWarning,
+    check_official_file,
+    fetch_movielens,
+)
 from .synthetic import make_synthetic_interactions
 
 logger = logging.getLogger(__name__)
@@ -692,6 +699,27 @@ def read_interactions(
     )
 
 
+def _check_official(frame: pd.DataFrame, path: PathLike, dataset: str, from_verified_archive: bool) -> None:
+    """Compare the ratings file read into ``frame`` with the official one: the result goes to
+    ``frame.attrs["source_check"]`` (then to ``preprocessing.json``), and a difference is a
+    :class:`ModifiedSourceWarning`."""
+    rows = len(frame) + sum(frame.attrs["skipped_rows"].values())  # every data row of the file, kept or not
+    check = check_official_file(path, OFFICIAL_RATINGS_FILES[dataset], rows, from_verified_archive)
+    frame.attrs["source_check"] = check.metadata()
+    if check.modified:
+        warnings.warn(
+            f"{path} is not the official {dataset} {check.official.file_name}: {check.describe()}. Results on it are "
+            f"not comparable with published {dataset} figures; preprocessing.json records it (source_modified) and "
+            "model cards name the dataset as modified.",
+            ModifiedSourceWarning,
+            stacklevel=3,
+        )
+    elif not check.verified:
+        logger.info(
+            "%s: %d rows, as in the official %s; no checksum is known to verify its content", path, rows, dataset
+        )
+
+
 def _find_file(directory: Path, candidates: Sequence[str], dataset: str, help_text: str) -> Path:
     """First of ``candidates`` found (case-insensitively) in ``directory`` or ``directory/<dataset>``."""
     for folder in (directory, directory / dataset):
@@ -732,7 +760,10 @@ def load_raw_interactions(
 
     Args:
         dataset: ``ml-100k``, ``ml-1m``, ``ml-20m``, ``ml-latest-small`` (GroupLens zip downloaded and verified
-            unless ``raw_dir``/``raw_path`` is given); ``amazon-<category>`` (ratings-only CSV
+            unless ``raw_dir``/``raw_path`` is given; a file on disk is compared with the official one, see
+            :func:`~hf_hstu.data.download.check_official_file`: a difference is a
+            :class:`~hf_hstu.data.download.ModifiedSourceWarning` and is recorded in ``frame.attrs["source_check"]``);
+            ``amazon-<category>`` (ratings-only CSV
             ``ratings_<Category>.csv``, e.g. ``amazon-books``); ``amazon-<category>-5core`` (review JSON
             ``reviews_<Category>_5.json(.gz)`` or the ``*_item_org_rank.txt``/``*_time_org_rank.txt`` sequence
             files); ``csv`` (any CSV/TSV/Parquet file, DataFrame or ``datasets.Dataset`` given as ``raw_path``,
@@ -766,11 +797,14 @@ def load_raw_interactions(
     if raw_path is not None and not isinstance(raw_path, (str, os.PathLike)):
         raise TypeError(f"raw_path of dataset {dataset!r} must be a file path; use dataset 'csv' for tables")
     if name in MOVIELENS_RATINGS_FILES:
+        downloaded = raw_path is None and raw_dir is None
         if raw_path is None:
             folder = Path(raw_dir) if raw_dir is not None else fetch_movielens(name, cache_dir)
             help_text = f"Put the extracted files of {name}.zip there, or leave raw_dir unset to download it."
             raw_path = _find_file(folder, [MOVIELENS_RATINGS_FILES[name]], name, help_text)
-        return read_movielens(raw_path, name, errors, timestamp_unit=timestamp_unit)
+        frame = read_movielens(raw_path, name, errors, timestamp_unit=timestamp_unit)
+        _check_official(frame, raw_path, name, from_verified_archive=downloaded)
+        return frame
     if name.startswith("amazon-"):
         if raw_path is not None:
             return _read_amazon_file(Path(raw_path), errors, timestamp_unit)
