@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import datasets
 import pandas as pd
 import pytest
 from data_testing import shared_dataset
+from tqdm.auto import tqdm
 
 from hf_hstu import HSTUConfig
 from hf_hstu.data import (
@@ -23,12 +25,15 @@ from hf_hstu.data import (
     ModifiedSourceWarning,
     OfficialFile,
     PreprocessingConfig,
+    RemoteArchive,
     build_sequences,
+    download_archive,
     load_raw_interactions,
     preprocess,
     read_interactions,
     read_movielens,
 )
+from hf_hstu.data._progress import PhaseLog, progress
 from hf_hstu.hub.model_card import build_model_card, dataset_display_name
 from hf_hstu.training.arguments import DataArguments
 from hf_hstu.training.data import load_training_data
@@ -329,3 +334,38 @@ def test_the_shared_official_files_are_verified(dataset):
 def test_unmodified_datasets_keep_their_name():
     assert dataset_display_name("ml-1m", {"source_verified": True, "source_modified": False}) == "ml-1m"
     assert dataset_display_name("csv", {}) == dataset_display_name("csv") == "csv"
+
+
+# 5. Progress: a bar on a terminal, one line per phase in a log file.
+
+
+def test_progress_in_a_log_is_one_line_per_phase(tmp_path, capsys, caplog):
+    with caplog.at_level("INFO", logger="hf_hstu.data"):
+        preprocess("synthetic", tmp_path / "out")
+        source = tmp_path / "archive.zip"
+        source.write_bytes(b"0" * 3_000_000)
+        archive = RemoteArchive("x", source.as_uri(), 3_000_000, hashlib.sha256(source.read_bytes()).hexdigest())
+        download_archive(archive, tmp_path / "cache" / "x.zip")
+    assert "\r" not in capsys.readouterr().err  # pytest's stderr is not a terminal: no bar redrawn
+    phases = [record.getMessage() for record in caplog.records if record.name == "hf_hstu.data"]
+    assert phases[:4] == ["synthetic: parse ...", "synthetic: sort, filter, group ...", "synthetic: save ..."] + [
+        phases[3]
+    ]
+    assert phases[3].startswith("synthetic: save: done (3 step in ")
+    assert phases[4] == "download archive.zip ..." and phases[5].startswith("download archive.zip: done (3.00MB in")
+    assert len(phases) == 6
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal_is_a_bar(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress(total=3, desc="phase", unit="step") as bar:
+        bar.update(3)
+    assert isinstance(bar, tqdm) and "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert isinstance(progress(total=3, desc="phase"), PhaseLog)

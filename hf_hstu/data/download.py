@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
+from ._progress import progress
 
 _CHUNK_BYTES = 1 << 20
 
@@ -249,7 +249,7 @@ def download_archive(archive: RemoteArchive, destination: str | os.PathLike, man
     try:
         with urllib.request.urlopen(archive.url, timeout=60) as response, partial.open("wb") as handle:
             total = int(response.headers.get("Content-Length") or archive.size)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {archive.file_name}") as bar:
+            with progress(total=total, unit="B", unit_scale=True, desc=f"download {archive.file_name}") as bar:
                 while chunk := response.read(_CHUNK_BYTES):
                     handle.write(chunk)
                     bar.update(len(chunk))

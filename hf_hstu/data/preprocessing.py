@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from datasets.table import InMemoryTable
-from tqdm.auto import tqdm
 
+from ._progress import library_bars_unless_interactive, progress
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
 from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
@@ -155,11 +155,12 @@ class SequenceData:
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = staging_dir_beside(output)
         try:
-            if format == "arrow":
-                self.dataset.save_to_disk(staging)
-            else:
-                for split, dataset in self.dataset.items():
-                    dataset.to_parquet(staging / f"{split}.parquet")
+            with library_bars_unless_interactive():
+                if format == "arrow":
+                    self.dataset.save_to_disk(staging)
+                else:
+                    for split, dataset in self.dataset.items():
+                        dataset.to_parquet(staging / f"{split}.parquet")
             self.item_vocabulary.save(staging)
             self.user_vocabulary.save(staging)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
@@ -189,8 +190,8 @@ class SequenceData:
                 if column.name not in table.column_names:
                     table = table.append_column(column, pa.nulls(len(table), column.type))
             aligned[split] = _in_memory_dataset(table, split, dataset.info.description)
-        datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
-        with tempfile.TemporaryDirectory() as folder:
+        with library_bars_unless_interactive(), tempfile.TemporaryDirectory() as folder:
+            datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
             paths = [self.item_vocabulary.save(folder), self.user_vocabulary.save(folder), Path(folder) / METADATA_FILE]
             paths[-1].write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
             api = huggingface_hub.HfApi(token=token)
@@ -525,7 +526,7 @@ def preprocess(
         _check_output(Path(output_dir), overwrite)
     config = config or PreprocessingConfig()
     config = replace(config, **{k: v for k, v in default_filters(dataset).items() if getattr(config, k) is None})
-    with tqdm(total=3, desc=f"{dataset}: parse", unit="step") as progress:
+    with progress(total=3, desc=f"{dataset}: parse", unit="step") as phases:
         interactions = [  # a list, so that build_sequences holds the only reference and can free the frame
             load_raw_interactions(
                 dataset,
@@ -541,16 +542,16 @@ def preprocess(
                 timestamp_unit=timestamp_unit,
             )
         ]
-        progress.update()
-        progress.set_description(f"{dataset}: sort, filter, group")
+        phases.update()
+        phases.set_description(f"{dataset}: sort, filter, group")
         data = build_sequences(interactions.pop(), config, dataset_name=dataset)
-        progress.update()
-        progress.set_description(f"{dataset}: save")
+        phases.update()
+        phases.set_description(f"{dataset}: save")
         if output_dir is not None:
             data.save(output_dir, format=save_format, overwrite=overwrite)
         if push_to_hub:
             data.push_to_hub(push_to_hub, private=private)
-        progress.update()
+        phases.update()
     logger.info("%s: %s", dataset, {k: data.metadata[k] for k in ("num_users", "num_items", "num_interactions")})
     return data
 
