@@ -634,7 +634,6 @@ def read_amazon_sequences(
         errors,
         line_of=lambda row: int(line_numbers[row]),
         timestamp_unit=timestamp_unit,
-        columns={"timestamp": time_path.name},
     )
     if len(bad_lines):
         skipped = {"mismatched or empty line": len(bad_lines), **frame.attrs["skipped_rows"]}
