@@ -16,10 +16,12 @@ import datasets
 import pandas as pd
 import pytest
 from data_testing import shared_dataset
+from test_data_sources import archive_for, make_zip
 from tqdm.auto import tqdm
 
 from hf_hstu import HSTUConfig
 from hf_hstu.data import (
+    MOVIELENS_ARCHIVES,
     OFFICIAL_RATINGS_FILES,
     MalformedInputError,
     ModifiedSourceWarning,
@@ -369,3 +371,14 @@ def test_progress_on_a_terminal_is_a_bar(monkeypatch):
     assert isinstance(bar, tqdm) and "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert isinstance(progress(total=3, desc="phase"), PhaseLog)
+
+
+def test_a_file_from_the_verified_download_is_verified_even_without_its_own_checksum(tmp_path, monkeypatch):
+    source = make_zip(tmp_path / "ml-20m.zip", {"ml-20m/ratings.csv": "userId,movieId,rating,timestamp\n1,2,3.5,4\n"})
+    monkeypatch.setitem(MOVIELENS_ARCHIVES, "ml-20m", archive_for(source, name="ml-20m"))
+    monkeypatch.setitem(OFFICIAL_RATINGS_FILES, "ml-20m", OfficialFile("ml-20m", "ratings.csv", rows=1))
+    check = load_raw_interactions("ml-20m", cache_dir=tmp_path / "cache").attrs["source_check"]
+    assert (check["source_verified"], check["source_modified"]) == (True, False)
+    extracted = tmp_path / "cache" / "ml-20m" / "ml-20m"
+    check = load_raw_interactions("ml-20m", raw_dir=extracted).attrs["source_check"]  # the same file from disk
+    assert (check["source_verified"], check["source_modified"]) == (False, False)  # only its row count is known
