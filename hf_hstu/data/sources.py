@@ -13,8 +13,14 @@ silently: a fraction of a second, or a value too large for unix seconds (after t
 microseconds), is an error naming the file, line and column unless ``timestamp_unit`` says how to convert it
 (``"s"``: seconds, fractions floored; ``"ms"``, ``"us"``: milli- and microseconds, floored to the second).
 Datetime columns are converted whatever the unit. An empty file, or one with a header and no rows, is an error
-naming the file. Parsing is vectorised with pyarrow; only a file that fails the fast
-typed parse is read a second time, as text, to locate its bad lines.
+naming the file.
+
+A MovieLens ratings file read from disk is compared with the official file (rows, size, checksums:
+:func:`~hf_hstu.data.download.check_official_file`); the result is ``frame.attrs["source_check"]``, and a
+difference is a :class:`~hf_hstu.data.download.ModifiedSourceWarning`.
+
+Parsing is vectorised with pyarrow; only a file that fails the fast typed parse is read a second time, as text, to
+locate its bad lines.
 """
 
 from __future__ import annotations
