@@ -7,10 +7,18 @@ Examples::
     python scripts/preprocess.py --dataset csv --raw-path my_events.parquet --user-col u --item-col i --time-col t \\
         --output data/mine
     python scripts/preprocess.py --dataset synthetic --output data/synthetic --push-to-hub org/synthetic-sequences
+    python scripts/preprocess.py --dataset csv --raw-path clicks.csv --timestamp_unit ms --duplicates drop \\
+        --output data/clicks
+
+Timestamps must be whole unix seconds unless --timestamp_unit says how to convert them (a fraction of a second, or
+milliseconds, is an error naming the file, line and column). Exact duplicate rows are kept and counted by default
+(--duplicates). A MovieLens ratings file given with --raw-dir / --raw-path is compared with the official one (rows,
+size, checksum): a modified or partial file is reported, and recorded in preprocessing.json (source_modified).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,11 +44,21 @@ class SourceArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Download cache (default ~/.cache/hf_hstu)."})
     user_col: str = field(default="user_id", metadata={"help": "csv: user column."})
     item_col: str = field(default="item_id", metadata={"help": "csv: item column."})
-    time_col: str = field(default="timestamp", metadata={"help": "csv: timestamp column (unix seconds)."})
+    time_col: str = field(
+        default="timestamp", metadata={"help": "csv: timestamp column (unix seconds, or see --timestamp_unit)."}
+    )
     rating_col: str | None = field(default=None, metadata={"help": "csv: rating column (optional)."})
     delimiter: str | None = field(default=None, metadata={"help": "csv: field separator (default by extension)."})
     errors: Literal["raise", "skip"] = field(
         default="raise", metadata={"help": "Malformed rows: raise on the first, or skip and count them."}
+    )
+    timestamp_unit: Literal["s", "ms", "us"] | None = field(
+        default=None,
+        metadata={
+            "help": "Unit of numeric timestamps, converted to unix seconds (floored). Unset: whole seconds are "
+            "required, and a fraction of a second or a value after the year 5000 (milliseconds?) is an error "
+            "naming the file, line and column."
+        },
     )
 
 
@@ -55,10 +73,14 @@ class OutputArguments:
     private: bool | None = field(default=None, metadata={"help": "Make the pushed repo private."})
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help: the module docstring as written, then every option with its default."""
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     source, config, output = HfArgumentParser(
-        (SourceArguments, PreprocessingConfig, OutputArguments)
+        (SourceArguments, PreprocessingConfig, OutputArguments), description=__doc__, formatter_class=_HelpFormatter
     ).parse_args_into_dataclasses()
     if output.output is None and output.push_to_hub is None:
         raise SystemExit("Nothing to do: pass --output and/or --push-to-hub")
@@ -75,12 +97,14 @@ def main() -> None:
         rating_col=source.rating_col,
         delimiter=source.delimiter,
         errors=source.errors,
+        timestamp_unit=source.timestamp_unit,
         save_format=output.format,
         overwrite=output.overwrite,
         push_to_hub=output.push_to_hub,
         private=output.private,
     )
-    summary = {key: data.metadata[key] for key in ("num_users", "num_items", "num_interactions", "num_rows")}
+    keys = ("num_users", "num_items", "num_interactions", "num_rows", "exact_duplicates", "source_verified")
+    summary = {key: data.metadata[key] for key in keys if key in data.metadata}
     print(f"{source.dataset}: {summary} -> {output.output or output.push_to_hub}")
 
 

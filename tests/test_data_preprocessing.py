@@ -174,9 +174,9 @@ def test_k_core_iterates_but_the_paper_filter_is_a_single_pass():
     assert core.metadata["dropped"]["k_core"] == 2
 
 
-def test_min_rating_and_dedup():
+def test_min_rating_and_repeated_pairs():
     rows = [(1, 1, 1, 5), (1, 2, 2, 2), (1, 1, 3, 4), (1, 3, 4, 4), (1, 4, 5, 5)]
-    first = build_sequences(frame(rows, RATED), PreprocessingConfig(split="paper", min_rating=4, dedup="first"))
+    first = build_sequences(frame(rows, RATED), PreprocessingConfig(split="paper", min_rating=4, duplicates="first"))
     assert first.dataset["test"][0]["timestamps"] == [1, 4]
     assert first.metadata["dropped"] == {
         "malformed": 0,
@@ -184,7 +184,7 @@ def test_min_rating_and_dedup():
         "duplicates": 1,
         "short_sequences": 0,
     }
-    last = build_sequences(frame(rows, RATED), PreprocessingConfig(split="paper", min_rating=4, dedup="last"))
+    last = build_sequences(frame(rows, RATED), PreprocessingConfig(split="paper", min_rating=4, duplicates="last"))
     assert last.dataset["test"][0]["timestamps"] == [3, 4]
     kept_all = build_sequences(frame(rows, RATED), PreprocessingConfig(split="paper"))
     assert kept_all.dataset["test"][0]["item_ids"] == [1, 2, 1, 3]
@@ -315,6 +315,7 @@ def test_preprocess_script(tmp_path):
     assert (metadata["dataset"], metadata["split"], metadata["num_interactions"]) == ("csv", "paper", 20)
 
 
+@pytest.mark.filterwarnings("ignore::hf_hstu.data.ModifiedSourceWarning")  # a small stand-in for u.data
 def test_preprocess_synthetic_and_skip_report(tmp_path):
     data = preprocess("synthetic", tmp_path / "synthetic")
     assert data.metadata["num_users"] == 1000 and data.metadata["num_items"] == 600

@@ -20,6 +20,7 @@ from hf_hstu.data import (
     ChecksumError,
     DatasetNotAvailableError,
     MalformedInputError,
+    ModifiedSourceWarning,
     RemoteArchive,
     UnsafeArchiveError,
     build_sequences,
@@ -71,7 +72,8 @@ def test_real_dataset_statistics(dataset, folder, expected):
 
 def test_ml_1m_parser_at_scale_on_the_partial_file():
     # The shared ml-1m ratings are partial (865,611 of 1,000,209 lines): a scale test of the parser only.
-    frame = load_raw_interactions("ml-1m", raw_path=shared_dataset("ml-1m") / "ratings.partial.dat")
+    with pytest.warns(ModifiedSourceWarning, match="not the official ml-1m"):
+        frame = load_raw_interactions("ml-1m", raw_path=shared_dataset("ml-1m") / "ratings.partial.dat")
     assert len(frame) == 865_611
     assert (frame["user_id"].nunique(), frame["item_id"].nunique()) == (6_040, 3_689)
     assert (frame["timestamp"].min(), frame["timestamp"].max()) == (956_703_932, 1_046_454_590)
@@ -107,6 +109,7 @@ def test_movielens_formats(tmp_path):
     ]
 
 
+@pytest.mark.filterwarnings("ignore::hf_hstu.data.ModifiedSourceWarning")  # small stand-ins for the official files
 def test_raw_dir_accepts_the_files_or_a_dataset_subfolder(tmp_path):
     write(tmp_path / "u.data", ML_100K)
     (tmp_path / "nested" / "ml-1m").mkdir(parents=True)
@@ -318,6 +321,7 @@ def test_offline_error_says_where_to_put_the_files(tmp_path):
     assert not (tmp_path / "cache" / "ml-100k.zip").exists()
 
 
+@pytest.mark.filterwarnings("ignore::hf_hstu.data.ModifiedSourceWarning")
 def test_fetch_movielens_downloads_verifies_and_extracts_once(tmp_path, monkeypatch):
     source = make_zip(tmp_path / "ml-100k.zip", {"ml-100k/u.data": ML_100K, "ml-100k/README": "x"})
     monkeypatch.setitem(MOVIELENS_ARCHIVES, "ml-100k", archive_for(source))

@@ -1,8 +1,11 @@
-"""Checksum-verified download and safe extraction of the GroupLens MovieLens archives.
+"""Checksum-verified download and safe extraction of the GroupLens MovieLens archives, and the check of ratings
+files given on disk against the official ones.
 
 Each archive is downloaded once into a cache directory (``$HF_HSTU_CACHE`` or ``~/.cache/hf_hstu``), checked
 against its pinned size and checksums before it is used, and extracted without letting any member escape the
-target directory. Offline, the error says where to put the archive or its extracted files.
+target directory. Offline, the error says where to put the archive or its extracted files. A ratings file read
+from disk instead (``raw_dir`` / ``raw_path``) is compared with what is known of the official file
+(:data:`OFFICIAL_RATINGS_FILES`: rows, and where known size, sha256, git blob id): :func:`check_official_file`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
+from ._progress import progress
 
 _CHUNK_BYTES = 1 << 20
 
@@ -33,6 +36,10 @@ class UnsafeArchiveError(ValueError):
 
 class DatasetNotAvailableError(FileNotFoundError):
     """The raw files of a dataset are neither on disk nor downloadable; the message says where to put them."""
+
+
+class ModifiedSourceWarning(UserWarning):
+    """A raw file differs from the official file of the dataset it is read as (truncated, edited or another release)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,130 @@ MOVIELENS_ARCHIVES: dict[str, RemoteArchive] = {
 }
 
 
+@dataclass(frozen=True)
+class OfficialFile:
+    """What is known of an extracted file of an official release, as the loaders read it.
+
+    Args:
+        rows: data rows (lines, the header line excluded).
+        size: bytes, when known.
+        sha256: when known.
+        git_blob: ``git hash-object`` of the file (sha1 of ``b"blob <size>\\0"`` + content), when known.
+    """
+
+    dataset: str
+    file_name: str
+    rows: int
+    size: int | None = None
+    sha256: str | None = None
+    git_blob: str | None = None
+
+
+# Rows: the GroupLens READMEs. ml-100k u.data and ml-latest-small ratings.csv (2018-09 release, CRLF line ends): size
+# and sha256 of the original files (u.data has the git blob 16ef21ed... of several independent copies; ratings.csv
+# the same blob in two). ml-1m ratings.dat: its size in several public listings and the git blob id under which
+# public repositories list it. ml-20m ratings.csv: only its row count is known here.
+OFFICIAL_RATINGS_FILES: dict[str, OfficialFile] = {
+    official.dataset: official
+    for official in (
+        OfficialFile(
+            "ml-100k",
+            "u.data",
+            rows=100_000,
+            size=1_979_173,
+            sha256="06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+            git_blob="16ef21ed827cae1a3f71e89e23cffb5a8f44baae",
+        ),
+        OfficialFile(
+            "ml-1m", "ratings.dat", rows=1_000_209, size=24_594_131, git_blob="77a7c4b150f588c23bb9e1f068aa996c0b413695"
+        ),
+        OfficialFile("ml-20m", "ratings.csv", rows=20_000_263),
+        OfficialFile(
+            "ml-latest-small",
+            "ratings.csv",
+            rows=100_836,
+            size=2_483_723,
+            sha256="aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """How a raw file compares with the official one (:func:`check_official_file`).
+
+    ``verified``: its content checksum, size and rows match (or it was extracted from a verified archive);
+    ``modified``: some known figure differs; neither: only the figures known (e.g. the row count) match.
+    ``expected`` / ``found``: the figures that were compared.
+    """
+
+    path: str
+    official: OfficialFile
+    verified: bool
+    modified: bool
+    rows: int
+    expected: dict
+    found: dict
+
+    def metadata(self) -> dict:
+        """The entries of ``preprocessing.json`` that record the check."""
+        return {
+            "source_verified": self.verified,
+            "source_modified": self.modified,
+            "source_rows": self.rows,
+            "official_rows": self.official.rows,
+            "source_check": {"file": self.path, "expected": self.expected, "found": self.found},
+        }
+
+    def describe(self) -> str:
+        """What differs, for a warning: "size 21265204 bytes (official 24594131), rows 865,611 (official ...)"."""
+        units = {"size": " bytes"}
+        return ", ".join(
+            f"{name} {_figure(self.found[name])}{units.get(name, '')} (official {_figure(expected)})"
+            for name, expected in self.expected.items()
+            if name in self.found and self.found[name] != expected
+        )
+
+
+def _figure(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _hash_file(path: Path, *digests) -> None:
+    """Feed the bytes of ``path`` to every hashlib object of ``digests``, in one pass."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            for digest in digests:
+                digest.update(chunk)
+
+
+def check_official_file(
+    path: str | os.PathLike, official: OfficialFile, rows: int, from_verified_archive: bool = False
+) -> SourceCheck:
+    """Compare the file at ``path`` (read as ``rows`` data rows) with ``official``.
+
+    The size is compared first; the checksums only when it matches (a file of another size differs anyway).
+    ``from_verified_archive``: the file was extracted from the archive :func:`fetch_movielens` verified.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    expected, found = {"rows": official.rows}, {"rows": rows}
+    if official.size is not None:
+        expected["size"], found["size"] = official.size, size
+    hashed = False
+    if official.size in (None, size) and (official.sha256 or official.git_blob):
+        sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+        _hash_file(path, sha256, blob)
+        for name, value, digest in (("sha256", official.sha256, sha256), ("git_blob", official.git_blob, blob)):
+            if value is not None:
+                expected[name], found[name] = value, digest.hexdigest()
+        hashed = True
+    modified = any(found[name] != value for name, value in expected.items())
+    verified = not modified and (hashed or from_verified_archive)
+    return SourceCheck(str(path), official, verified, modified, rows, expected, found)
+
+
 def default_cache_dir() -> Path:
     """``$HF_HSTU_CACHE`` if set, else ``~/.cache/hf_hstu``."""
     return Path(os.environ.get("HF_HSTU_CACHE", Path.home() / ".cache" / "hf_hstu")).expanduser()
@@ -99,10 +230,7 @@ def verify_file(path: str | os.PathLike, archive: RemoteArchive) -> None:
     if size != archive.size:
         raise ChecksumError(f"{path}: size {size} bytes, expected {archive.size} for {archive.url}")
     sha256, md5 = hashlib.sha256(), hashlib.md5()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK_BYTES):
-            sha256.update(chunk)
-            md5.update(chunk)
+    _hash_file(path, sha256, md5)
     if sha256.hexdigest() != archive.sha256:
         raise ChecksumError(f"{path}: sha256 {sha256.hexdigest()}, expected {archive.sha256} for {archive.url}")
     if archive.md5 is not None and md5.hexdigest() != archive.md5:
@@ -121,7 +249,7 @@ def download_archive(archive: RemoteArchive, destination: str | os.PathLike, man
     try:
         with urllib.request.urlopen(archive.url, timeout=60) as response, partial.open("wb") as handle:
             total = int(response.headers.get("Content-Length") or archive.size)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {archive.file_name}") as bar:
+            with progress(total=total, unit="B", unit_scale=True, desc=f"download {archive.file_name}") as bar:
                 while chunk := response.read(_CHUNK_BYTES):
                     handle.write(chunk)
                     bar.update(len(chunk))

@@ -19,6 +19,11 @@ history strictly before the target. Split protocols:
 
 Events are ordered per user by (timestamp, original row order), a stable sort, so ties keep the source's order
 on every machine.
+
+Duplicates: ``PreprocessingConfig.duplicates`` is the one policy for repeated rows. Exact duplicates (same user,
+item and timestamp as an earlier row, among the rows kept by ``min_rating``) are kept and counted by default
+(``"keep"``: ``exact_duplicates`` in ``preprocessing.json``, and a logged warning), dropped (``"drop"``: the first
+in file order stays) or refused (``"error"``); ``"first"`` / ``"last"`` keep one interaction per (user, item) pair.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -39,17 +45,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from datasets.table import InMemoryTable
-from tqdm.auto import tqdm
 
+from ._progress import library_bars_unless_interactive, progress
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
-from .sources import Errors, PathLike, default_filters, load_raw_interactions, read_interactions
+from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
 from .vocabulary import ItemVocabulary, UserVocabulary
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "preprocessing.json"
 SPLIT_PROTOCOLS = ("leave_one_out", "paper", "temporal")
+DUPLICATE_POLICIES = ("keep", "drop", "error", "first", "last")
 _MIN_EVENTS = {"leave_one_out": 3, "paper": 2, "temporal": 1}
 
 
@@ -63,9 +70,17 @@ class PreprocessingConfig:
     min_rating: float | None = field(
         default=None, metadata={"help": "Keep only interactions with rating >= this (before any other filter)."}
     )
-    dedup: Literal["none", "first", "last"] = field(
-        default="none",
-        metadata={"help": "Repeated (user, item) pairs: keep all, or only the first / last in time order."},
+    duplicates: Literal["keep", "drop", "error", "first", "last"] = field(
+        default="keep",
+        metadata={
+            "help": "Duplicate rows. keep: keep them all (exact duplicates, same user, item and timestamp, are "
+            "counted in preprocessing.json and logged); drop: drop exact duplicates, keeping the first in file order; "
+            "error: refuse a file with exact duplicates; first / last: keep only the first / last interaction of "
+            "each (user, item) pair in time order (drops exact duplicates and repeated consumption)."
+        },
+    )
+    dedup: Literal["none", "first", "last"] | None = field(
+        default=None, metadata={"help": "Deprecated: use --duplicates first|last (none: --duplicates keep)."}
     )
     k_core: int | None = field(
         default=None,
@@ -98,8 +113,16 @@ class PreprocessingConfig:
     def __post_init__(self):
         if self.split not in SPLIT_PROTOCOLS:
             raise ValueError(f"split must be one of {SPLIT_PROTOCOLS}, got {self.split!r}")
-        if self.dedup not in ("none", "first", "last"):
-            raise ValueError(f'dedup must be "none", "first" or "last", got {self.dedup!r}')
+        if self.dedup is not None:
+            if self.dedup not in ("none", "first", "last"):
+                raise ValueError(f'dedup must be "none", "first" or "last", got {self.dedup!r}')
+            replacement = "keep" if self.dedup == "none" else self.dedup
+            warnings.warn(
+                f"dedup={self.dedup!r} is deprecated: use duplicates={replacement!r}", FutureWarning, stacklevel=3
+            )
+            self.duplicates, self.dedup = replacement, None
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {self.duplicates!r}")
         for name in ("k_core", "paper_filter"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -132,11 +155,12 @@ class SequenceData:
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = staging_dir_beside(output)
         try:
-            if format == "arrow":
-                self.dataset.save_to_disk(staging)
-            else:
-                for split, dataset in self.dataset.items():
-                    dataset.to_parquet(staging / f"{split}.parquet")
+            with library_bars_unless_interactive():
+                if format == "arrow":
+                    self.dataset.save_to_disk(staging)
+                else:
+                    for split, dataset in self.dataset.items():
+                        dataset.to_parquet(staging / f"{split}.parquet")
             self.item_vocabulary.save(staging)
             self.user_vocabulary.save(staging)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
@@ -166,8 +190,8 @@ class SequenceData:
                 if column.name not in table.column_names:
                     table = table.append_column(column, pa.nulls(len(table), column.type))
             aligned[split] = _in_memory_dataset(table, split, dataset.info.description)
-        datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
-        with tempfile.TemporaryDirectory() as folder:
+        with library_bars_unless_interactive(), tempfile.TemporaryDirectory() as folder:
+            datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
             paths = [self.item_vocabulary.save(folder), self.user_vocabulary.save(folder), Path(folder) / METADATA_FILE]
             paths[-1].write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
             api = huggingface_hub.HfApi(token=token)
@@ -196,6 +220,18 @@ def _stable_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         key = users.astype(np.int64) * span + (timestamps - low)
         return np.argsort(key, kind="stable")
     return np.lexsort((timestamps, users))
+
+
+def _exact_duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Mask of the rows repeating an earlier row's (user, item, timestamp), for rows sorted by (user, timestamp,
+    position): only rows tied with a neighbour on (user, timestamp) can be duplicates, so only those are hashed."""
+    tied = (users[1:] == users[:-1]) & (timestamps[1:] == timestamps[:-1])
+    candidates = np.flatnonzero(np.r_[False, tied] | np.r_[tied, False])
+    repeated = np.zeros(len(users), dtype=bool)
+    if len(candidates):
+        keys = {"user": users[candidates], "timestamp": timestamps[candidates], "item": items[candidates]}
+        repeated[candidates] = pd.DataFrame(keys).duplicated().to_numpy()
+    return repeated
 
 
 def _k_core(users: np.ndarray, items: np.ndarray, k: int, num_users: int, num_items: int) -> np.ndarray:
@@ -297,6 +333,7 @@ def build_sequences(
     timestamps = kept(interactions["timestamp"].to_numpy(dtype=np.int64))
     ratings = kept(ratings) if has_ratings else None
     source, skipped_rows = interactions.attrs["source"], interactions.attrs["skipped_rows"]
+    source_check = interactions.attrs.get("source_check", {})
     del interactions  # frees the frame when the caller passed it without keeping a reference
     if len(timestamps) == 0:
         raise ValueError(f"{dataset_name}: no interactions left after min_rating={config.min_rating}")
@@ -307,12 +344,34 @@ def build_sequences(
     ratings = ratings[order] if has_ratings else None
     del order
 
-    keep = np.ones(len(user_codes), dtype=bool)
-    if config.dedup != "none":
+    repeated = _exact_duplicates(user_codes, item_codes, timestamps)
+    exact_duplicates = int(repeated.sum())
+    if exact_duplicates and config.duplicates == "error":
+        row = int(np.argmax(repeated))
+        raise ValueError(
+            f"{source}: {exact_duplicates} exact duplicate rows (same user, item and timestamp as an earlier row), "
+            f"the first: user {user_ids[user_codes[row]]}, item {item_ids[item_codes[row]]}, timestamp "
+            f"{timestamps[row]}. Pass duplicates='drop' (--duplicates drop) to keep only the first of each, or "
+            "'keep' to keep them all"
+        )
+    if config.duplicates == "drop":
+        keep = ~repeated
+    elif config.duplicates in ("first", "last"):
         pairs = pd.Series(user_codes.astype(np.int64) * num_items + item_codes)
-        keep &= ~pairs.duplicated(keep=config.dedup).to_numpy()
-        dropped["duplicates"] = int((~keep).sum())
+        keep = ~pairs.duplicated(keep=config.duplicates).to_numpy()
         del pairs
+    else:
+        keep = np.ones(len(user_codes), dtype=bool)
+        if exact_duplicates:
+            logger.warning(
+                "%s: kept %d exact duplicate rows (same user, item and timestamp as an earlier row); "
+                "duplicates='drop' (--duplicates drop) removes them, 'error' refuses them",
+                source,
+                exact_duplicates,
+            )
+    del repeated
+    if config.duplicates != "keep":
+        dropped["duplicates"] = int((~keep).sum())
     for name, rule in (("paper_filter", _paper_filter), ("k_core", _k_core)):
         k = getattr(config, name)
         if k:
@@ -407,6 +466,8 @@ def build_sequences(
         "raw_interactions": num_raw,
         "dropped": dropped,
         "skipped_rows": skipped_rows,
+        "exact_duplicates": exact_duplicates,
+        **source_check,  # official datasets: source_verified, source_modified, source_rows, official_rows, ...
     }
     description = json.dumps(metadata)
     dataset = datasets.DatasetDict(
@@ -426,7 +487,7 @@ def _in_memory_dataset(table: pa.Table, split: str, description: str) -> dataset
 
 
 def _filter_summary(config: PreprocessingConfig) -> str:
-    names = ("min_rating", "dedup", "k_core", "paper_filter")
+    names = ("min_rating", "duplicates", "k_core", "paper_filter")
     return ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
 
 
@@ -444,6 +505,7 @@ def preprocess(
     rating_col: str | None = None,
     delimiter: str | None = None,
     errors: Errors = "raise",
+    timestamp_unit: TimestampUnit | None = None,
     save_format: Literal["arrow", "parquet"] = "arrow",
     overwrite: bool = False,
     push_to_hub: str | None = None,
@@ -453,12 +515,18 @@ def preprocess(
     to ``output_dir`` (atomically) and/or push them to the Hub dataset repo ``push_to_hub``.
 
     Filters left unset in ``config`` (None) take the dataset's defaults (:func:`default_filters`).
+
+    Args:
+        errors: ``"raise"`` on the first malformed row (naming file and line), or ``"skip"`` to drop and count them.
+        timestamp_unit: unit of numeric timestamps: None (default) for whole unix seconds (a fraction of a second,
+            or a value after the year 5000, is then an error naming file, line and column), or ``"s"``, ``"ms"``,
+            ``"us"`` to convert them (floored to the second).
     """
     if output_dir is not None:
         _check_output(Path(output_dir), overwrite)
     config = config or PreprocessingConfig()
     config = replace(config, **{k: v for k, v in default_filters(dataset).items() if getattr(config, k) is None})
-    with tqdm(total=3, desc=f"{dataset}: parse", unit="step") as progress:
+    with progress(total=3, desc=f"{dataset}: parse", unit="step") as phases:
         interactions = [  # a list, so that build_sequences holds the only reference and can free the frame
             load_raw_interactions(
                 dataset,
@@ -471,18 +539,19 @@ def preprocess(
                 rating_col=rating_col,
                 delimiter=delimiter,
                 errors=errors,
+                timestamp_unit=timestamp_unit,
             )
         ]
-        progress.update()
-        progress.set_description(f"{dataset}: sort, filter, group")
+        phases.update()
+        phases.set_description(f"{dataset}: sort, filter, group")
         data = build_sequences(interactions.pop(), config, dataset_name=dataset)
-        progress.update()
-        progress.set_description(f"{dataset}: save")
+        phases.update()
+        phases.set_description(f"{dataset}: save")
         if output_dir is not None:
             data.save(output_dir, format=save_format, overwrite=overwrite)
         if push_to_hub:
             data.push_to_hub(push_to_hub, private=private)
-        progress.update()
+        phases.update()
     logger.info("%s: %s", dataset, {k: data.metadata[k] for k in ("num_users", "num_items", "num_interactions")})
     return data
 

@@ -1,15 +1,26 @@
 """Readers that turn raw interaction sources into one normalised pandas DataFrame.
 
 Every reader returns one row per interaction, in the source's row order (the tie-breaker of the stable sort),
-with columns ``user_id`` and ``item_id`` (int64, or strings for string ids), ``timestamp`` (int64 unix seconds;
-fractions of a second are floored) and ``rating`` (float64, only when the source has ratings).
+with columns ``user_id`` and ``item_id`` (int64, or strings for string ids), ``timestamp`` (int64 unix seconds)
+and ``rating`` (float64, only when the source has ratings).
 ``frame.attrs["source"]`` names the source and ``frame.attrs["skipped_rows"]`` counts, by reason, the rows
 dropped with ``errors="skip"``.
 
 Malformed rows (wrong separator, missing field, non-integer id, non-numeric or negative timestamp, rating off the
 scale) raise :class:`MalformedInputError` naming the file and line (or row, for tables without lines), or are
-dropped and counted with ``errors="skip"``. Parsing is vectorised with pyarrow; only a file that fails the fast
-typed parse is read a second time, as text, to locate its bad lines.
+dropped and counted with ``errors="skip"``. So are timestamps in another unit than whole seconds, never truncated
+silently: a fraction of a second, or a value too large for unix seconds (after the year 5000: milliseconds or
+microseconds), is an error naming the file, line and column unless ``timestamp_unit`` says how to convert it
+(``"s"``: seconds, fractions floored; ``"ms"``, ``"us"``: milli- and microseconds, floored to the second).
+Datetime columns are converted whatever the unit. An empty file, or one with a header and no rows, is an error
+naming the file.
+
+A MovieLens ratings file read from disk is compared with the official file (rows, size, checksums:
+:func:`~hf_hstu.data.download.check_official_file`); the result is ``frame.attrs["source_check"]``, and a
+difference is a :class:`~hf_hstu.data.download.ModifiedSourceWarning`.
+
+Parsing is vectorised with pyarrow; only a file that fails the fast typed parse is read a second time, as text, to
+locate its bad lines.
 """
 
 from __future__ import annotations
@@ -18,7 +29,8 @@ import gzip
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,12 +45,22 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from ._segments import concat_ranges
-from .download import DatasetNotAvailableError, fetch_movielens
+from .download import (
+    OFFICIAL_RATINGS_FILES,
+    DatasetNotAvailableError,
+    ModifiedSourceWarning,
+    check_official_file,
+    fetch_movielens,
+)
 from .synthetic import make_synthetic_interactions
 
 logger = logging.getLogger(__name__)
 
 Errors = Literal["raise", "skip"]
+TimestampUnit = Literal["s", "ms", "us"]
+TIMESTAMP_UNITS: dict[str, int] = {"s": 1, "ms": 1_000, "us": 1_000_000}  # unit -> units per second
+# Unix seconds after this are past the year 5000: such "seconds" are milliseconds (or microseconds).
+MAX_PLAUSIBLE_SECONDS = 10**11
 PathLike = str | os.PathLike
 
 MOVIELENS_RATINGS_FILES = {
@@ -159,20 +181,55 @@ def _ids(series: pd.Series, rules: FieldRules) -> tuple[np.ndarray | pd.api.exte
     return text.array, np.zeros(len(series), dtype=bool)
 
 
-def _timestamps(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(int64 unix seconds, mask of non-numeric values, mask of negative values)."""
+@dataclass
+class _Timestamps:
+    """Timestamps converted to int64 unix seconds (0 where invalid), with the masks of the invalid values."""
+
+    seconds: np.ndarray
+    not_numbers: np.ndarray
+    negative: np.ndarray
+    fractional: np.ndarray  # a fraction of a second without a timestamp_unit
+    too_large: np.ndarray  # after MAX_PLAUSIBLE_SECONDS once converted
+
+
+def _timestamps(series: pd.Series, unit: TimestampUnit | None) -> _Timestamps:
+    """Numbers in ``unit`` (None: whole seconds, where a fraction is invalid) or datetimes -> unix seconds."""
+    if unit is not None and unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"timestamp_unit must be one of {sorted(TIMESTAMP_UNITS)} or None, got {unit!r}")
+    per_second = TIMESTAMP_UNITS[unit or "s"]
+    no = np.zeros(len(series), dtype=bool)
     if pd.api.types.is_integer_dtype(series.dtype) and not series.hasnans:
         values = series.to_numpy(dtype=np.int64)
-        return values, np.zeros(len(values), dtype=bool), values < 0
+        negative = values < 0
+        seconds = np.where(negative, 0, values // per_second)
+        too_large = seconds > MAX_PLAUSIBLE_SECONDS
+        return _Timestamps(np.where(too_large, 0, seconds), no, negative, no, too_large)
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         since_epoch = pd.to_datetime(series, utc=True) - pd.Timestamp(0, tz="UTC")
-        seconds = (since_epoch // pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
-        not_numbers = np.zeros(len(series), dtype=bool)
+        numbers = (since_epoch // pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+        not_numbers, per_second, fractional = no, 1, no
     else:
-        seconds, not_numbers = _numbers(series)
-    negative = np.isfinite(seconds) & (seconds < 0)
-    values = np.where(np.isfinite(seconds) & ~negative, np.floor(seconds), 0).astype(np.int64)
-    return values, not_numbers, negative
+        numbers, not_numbers = _numbers(series)
+        whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
+        fractional = np.isfinite(numbers) & ~whole if unit is None else no
+    finite = np.isfinite(numbers)
+    negative = finite & (numbers < 0)
+    too_large = finite & ~negative & (numbers / per_second > MAX_PLAUSIBLE_SECONDS)
+    valid = finite & ~negative & ~too_large & ~fractional
+    seconds = np.floor(np.where(valid, numbers, 0) / per_second).astype(np.int64)
+    return _Timestamps(seconds, not_numbers, negative, fractional, too_large)
+
+
+def _unit_hint(value: str, unit: TimestampUnit | None) -> str:
+    """What to pass for a timestamp too large for ``unit``: the first larger unit that makes it plausible."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("inf")
+    for candidate, per_second in TIMESTAMP_UNITS.items():
+        if per_second > TIMESTAMP_UNITS[unit or "s"] and number / per_second <= MAX_PLAUSIBLE_SECONDS:
+            return f"pass timestamp_unit={candidate!r} (--timestamp_unit {candidate}) if it is in that unit"
+    return f"no unit of {sorted(TIMESTAMP_UNITS)} makes it a plausible time"
 
 
 def _validate(
@@ -183,6 +240,8 @@ def _validate(
     line_of: Callable[[int], int] | None = None,
     unparsed: Sequence[tuple[int, str]] = (),
     extra: Sequence[_Problem] = (),
+    timestamp_unit: TimestampUnit | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Check and convert ``raw`` (columns user_id, item_id, timestamp[, rating]) into the normalised frame.
 
@@ -190,9 +249,13 @@ def _validate(
         line_of: row position -> 1-based line of the file, or None to name rows by their position.
         unparsed: (line, message) of lines the parser could not split into fields (already left out of ``raw``).
         extra: problems found by the caller (e.g. wrong separators).
+        timestamp_unit: unit of numeric timestamps (None: whole unix seconds).
+        columns: normalised column -> the source's column name, for messages (default: the same name).
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
+    if len(raw) == 0 and not unparsed:
+        raise MalformedInputError(f"{where}: no rows")
 
     def shown(column: str) -> Callable[[int], str]:
         """Row -> the raw value, quoted as it appeared (numpy scalars shown as plain numbers)."""
@@ -213,12 +276,35 @@ def _validate(
         problems.append(
             _Problem(f"non-integer {column}", invalid, lambda row, c=column, s=show: f"{c} {s(row)} is not an integer")
         )
-    converted["timestamp"], not_numbers, negative = _timestamps(raw["timestamp"])
+    times = _timestamps(raw["timestamp"], timestamp_unit)
+    converted["timestamp"] = times.seconds
     show = shown("timestamp")
+    in_column = f"in column {(columns or {}).get('timestamp', 'timestamp')!r}"
     problems.append(
-        _Problem("non-numeric timestamp", not_numbers, lambda row: f"timestamp {show(row)} is not a number")
+        _Problem("non-numeric timestamp", times.not_numbers, lambda row: f"timestamp {show(row)} is not a number")
     )
-    problems.append(_Problem("negative timestamp", negative, lambda row: f"timestamp {show(row)} is negative"))
+    problems.append(_Problem("negative timestamp", times.negative, lambda row: f"timestamp {show(row)} is negative"))
+    problems.append(
+        _Problem(
+            "fractional timestamp",
+            times.fractional,
+            lambda row: (
+                f"timestamp {show(row)} {in_column} is not a whole number of seconds; pass timestamp_unit "
+                "(--timestamp_unit s|ms|us) to convert it (floored to the second)"
+            ),
+        )
+    )
+    unit_name = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}[timestamp_unit or "s"]
+    problems.append(
+        _Problem(
+            "timestamp too large",
+            times.too_large,
+            lambda row: (
+                f"timestamp {show(row)} {in_column} is after the year 5000 as unix {unit_name}: "
+                f"{_unit_hint(str(raw['timestamp'].iloc[row]), timestamp_unit)}"
+            ),
+        )
+    )
     if "rating" in raw.columns:
         ratings, not_numbers = _numbers(raw["rating"])
         finite = np.isfinite(ratings)
@@ -284,6 +370,13 @@ def _require_columns(where: str, wanted: Iterable[str], available: list[str], li
         raise ValueError(f"{where}: no column {absent[0]!r} ({listing} {available})")
 
 
+def _require_content(path: Path) -> None:
+    """MalformedInputError naming ``path`` when it holds nothing (after decompression, for .gz / .bz2)."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        if not stream.read(1):
+            raise MalformedInputError(f"{path}: the file is empty (no header, no rows)")
+
+
 def _read_delimited(
     path: PathLike,
     *,
@@ -295,6 +388,7 @@ def _read_delimited(
     names: list[str] | None = None,
     layout: str,
     separators: Sequence[str] = (),
+    timestamp_unit: TimestampUnit | None = None,
 ) -> pd.DataFrame:
     """Read a delimited text file (optionally gzip/bz2 compressed, by extension).
 
@@ -304,8 +398,11 @@ def _read_delimited(
         names: the file's column names when it has no header line (None: the first line is the header).
         layout: how a valid line looks, for error messages.
         separators: file columns that must be empty (lets ``a::b`` be read as ``a``, ``''``, ``b`` with ``:``).
+        timestamp_unit: see :func:`_validate`.
     """
     path = Path(path)
+    _require_content(path)
+    checks = {"timestamp_unit": timestamp_unit, "columns": fields}
     header_lines = 0 if names else 1
     unparsed: list[pa_csv.InvalidRow] = []
 
@@ -331,10 +428,12 @@ def _read_delimited(
     except pa.ArrowInvalid:
         table = None  # malformed somewhere: the checked parser below finds and names the bad line
     if table is not None and not unparsed and all(pc.all(pc.equal(table[column], "")).as_py() for column in separators):
+        if table.num_rows == 0:
+            raise MalformedInputError(f"{path}: no rows (only the header line)")
         raw = pd.DataFrame({name: table[column].to_numpy() for name, column in fields.items()}, copy=False)
         del table
         pa.default_memory_pool().release_unused()
-        return _validate(raw, rules, str(path), errors, line_of=lambda row: row + header_lines + 1)
+        return _validate(raw, rules, str(path), errors, line_of=lambda row: row + header_lines + 1, **checks)
 
     unparsed.clear()
     table = pa_csv.read_csv(
@@ -364,12 +463,16 @@ def _read_delimited(
         line_of=lambda row: int(lines[row]),
         unparsed=[(row.number, f"expected {layout!r}, got {row.text!r}") for row in unparsed],
         extra=problems,
+        **checks,
     )
 
 
-def read_movielens(path: PathLike, version: str, errors: Errors = "raise") -> pd.DataFrame:
+def read_movielens(
+    path: PathLike, version: str, errors: Errors = "raise", *, timestamp_unit: TimestampUnit | None = None
+) -> pd.DataFrame:
     """Read the ratings file of a MovieLens release: ``u.data`` (ml-100k, tab-separated), ``ratings.dat`` (ml-1m,
-    ``::``-separated) or ``ratings.csv`` (ml-20m, ml-latest-small; half-star ratings)."""
+    ``::``-separated) or ``ratings.csv`` (ml-20m, ml-latest-small; half-star ratings). ``timestamp_unit``: see the
+    module docstring (MovieLens files are in whole seconds)."""
     if version == "ml-100k":
         names = ["user_id", "item_id", "rating", "timestamp"]
         return _read_delimited(
@@ -380,6 +483,7 @@ def read_movielens(path: PathLike, version: str, errors: Errors = "raise") -> pd
             types=dict.fromkeys(names, pa.int64()),
             rules=_MOVIELENS_RULES,
             errors=errors,
+            timestamp_unit=timestamp_unit,
             layout="user<TAB>item<TAB>rating<TAB>timestamp",
         )
     if version == "ml-1m":
@@ -392,6 +496,7 @@ def read_movielens(path: PathLike, version: str, errors: Errors = "raise") -> pd
             types={name: pa.string() if name.startswith("sep") else pa.int64() for name in names},
             rules=_MOVIELENS_RULES,
             errors=errors,
+            timestamp_unit=timestamp_unit,
             layout="UserID::MovieID::Rating::Timestamp",
             separators=["sep1", "sep2", "sep3"],
         )
@@ -404,12 +509,15 @@ def read_movielens(path: PathLike, version: str, errors: Errors = "raise") -> pd
             types={"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()},
             rules=_MOVIELENS_HALF_STAR_RULES,
             errors=errors,
+            timestamp_unit=timestamp_unit,
             layout="userId,movieId,rating,timestamp",
         )
     raise ValueError(f"Unknown MovieLens version {version!r}; known: {sorted(MOVIELENS_RATINGS_FILES)}")
 
 
-def read_amazon_ratings(path: PathLike, errors: Errors = "raise") -> pd.DataFrame:
+def read_amazon_ratings(
+    path: PathLike, errors: Errors = "raise", *, timestamp_unit: TimestampUnit | None = None
+) -> pd.DataFrame:
     """Read an Amazon ratings-only CSV (``user,item,rating,timestamp``, no header), e.g. ``ratings_Books.csv``."""
     names = ["user_id", "item_id", "rating", "timestamp"]
     return _read_delimited(
@@ -420,6 +528,7 @@ def read_amazon_ratings(path: PathLike, errors: Errors = "raise") -> pd.DataFram
         types={"user_id": pa.string(), "item_id": pa.string(), "rating": pa.float64(), "timestamp": pa.int64()},
         rules=_AMAZON_RULES,
         errors=errors,
+        timestamp_unit=timestamp_unit,
         layout="user,item,rating,timestamp",
     )
 
@@ -427,13 +536,17 @@ def read_amazon_ratings(path: PathLike, errors: Errors = "raise") -> pd.DataFram
 _REVIEW_FIELDS = {"user_id": "reviewerID", "item_id": "asin", "timestamp": "unixReviewTime", "rating": "overall"}
 
 
-def read_amazon_reviews(path: PathLike, errors: Errors = "raise") -> pd.DataFrame:
+def read_amazon_reviews(
+    path: PathLike, errors: Errors = "raise", *, timestamp_unit: TimestampUnit | None = None
+) -> pd.DataFrame:
     """Read an Amazon review file (one JSON object per line, optionally gzipped), e.g. ``reviews_Beauty_5.json.gz``.
 
     Uses ``reviewerID``, ``asin``, ``unixReviewTime`` and ``overall``. A file that pyarrow cannot parse is read
     again line by line to name the bad line (the only per-line Python loop, taken on malformed files only).
     """
     path = Path(path)
+    _require_content(path)
+    checks = {"timestamp_unit": timestamp_unit, "columns": _REVIEW_FIELDS}
     schema = pa.schema(
         [("reviewerID", pa.string()), ("asin", pa.string()), ("overall", pa.float64()), ("unixReviewTime", pa.int64())]
     )
@@ -445,7 +558,7 @@ def read_amazon_reviews(path: PathLike, errors: Errors = "raise") -> pd.DataFram
         table = None
     if table is not None:
         raw = pd.DataFrame({name: table[column].to_pandas() for name, column in _REVIEW_FIELDS.items()})
-        return _validate(raw, _AMAZON_RULES, str(path), errors, line_of=lambda row: row + 1)
+        return _validate(raw, _AMAZON_RULES, str(path), errors, line_of=lambda row: row + 1, **checks)
     opener = gzip.open if path.suffix == ".gz" else open
     records, lines, unparsed = [], [], []
     with opener(path, "rt", encoding="utf-8") as handle:
@@ -461,7 +574,7 @@ def read_amazon_reviews(path: PathLike, errors: Errors = "raise") -> pd.DataFram
             records.append([record.get(column) for column in _REVIEW_FIELDS.values()])
             lines.append(number)
     raw = pd.DataFrame(records, columns=list(_REVIEW_FIELDS), dtype=object)
-    return _validate(raw, _AMAZON_RULES, str(path), errors, line_of=lambda row: lines[row], unparsed=unparsed)
+    return _validate(raw, _AMAZON_RULES, str(path), errors, line_of=lambda row: lines[row], unparsed=unparsed, **checks)
 
 
 def _token_lines(path: Path) -> pa.ListArray:
@@ -476,7 +589,11 @@ def _token_lines(path: Path) -> pa.ListArray:
 
 
 def read_amazon_sequences(
-    item_path: PathLike, time_path: PathLike | None = None, errors: Errors = "raise"
+    item_path: PathLike,
+    time_path: PathLike | None = None,
+    errors: Errors = "raise",
+    *,
+    timestamp_unit: TimestampUnit | None = None,
 ) -> pd.DataFrame:
     """Read per-user sequence files: line k of ``item_path`` is ``user item1 item2 ...`` and line k of
     ``time_path`` is ``user t1 t2 ...`` (the ``*_item_org_rank.txt`` / ``*_time_org_rank.txt`` files of the
@@ -490,6 +607,8 @@ def read_amazon_sequences(
     if time_path == item_path or not time_path.is_file():
         raise FileNotFoundError(f"No time file {time_path} beside {item_path}")
     where = f"{item_path} (times: {time_path.name})"
+    _require_content(item_path)
+    _require_content(time_path)
     items, times = _token_lines(item_path), _token_lines(time_path)
     if len(items) != len(times):
         raise MalformedInputError(f"{where}: {len(items)} item lines but {len(times)} time lines")
@@ -515,7 +634,12 @@ def read_amazon_sequences(
         }
     )
     frame = _validate(
-        raw.astype("string"), FieldRules(integer_ids=True), where, errors, line_of=lambda row: int(line_numbers[row])
+        raw.astype("string"),
+        FieldRules(integer_ids=True),
+        where,
+        errors,
+        line_of=lambda row: int(line_numbers[row]),
+        timestamp_unit=timestamp_unit,
     )
     if len(bad_lines):
         skipped = {"mismatched or empty line": len(bad_lines), **frame.attrs["skipped_rows"]}
@@ -533,11 +657,13 @@ def read_interactions(
     rating_col: str | None = None,
     delimiter: str | None = None,
     errors: Errors = "raise",
+    timestamp_unit: TimestampUnit | None = None,
 ) -> pd.DataFrame:
     """Read interactions from any table with user, item and timestamp columns (rating optional).
 
     ``source`` is a CSV/TSV file (with a header line; ``.gz``/``.bz2`` compression by extension), a Parquet file,
-    a pandas DataFrame or a ``datasets.Dataset``. Timestamps must be numbers (unix seconds) or datetimes.
+    a pandas DataFrame or a ``datasets.Dataset``. Timestamps must be datetimes or numbers: whole unix seconds, or
+    in ``timestamp_unit`` (``"s"``, ``"ms"``, ``"us"``; fractions of a second floored) when it is given.
     String ids that all read as canonical integers (no leading zeros) become integers.
     """
     fields = {"user_id": user_col, "item_id": item_col, "timestamp": time_col}
@@ -550,16 +676,17 @@ def read_interactions(
         if isinstance(source, datasets.Dataset):
             source = source.select_columns(list(fields.values())).to_pandas()
         raw = pd.DataFrame({name: source[column].reset_index(drop=True) for name, column in fields.items()})
-        return _validate(raw, FieldRules(), where, errors)
+        return _validate(raw, FieldRules(), where, errors, timestamp_unit=timestamp_unit, columns=fields)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"No interactions file at {path}")
     suffixes = [suffix.lower() for suffix in path.suffixes]
     if ".parquet" in suffixes:
+        _require_content(path)
         _require_columns(str(path), fields.values(), pq.read_schema(path).names, "columns:")
         table = pq.read_table(path, columns=list(dict.fromkeys(fields.values())))
         raw = pd.DataFrame({name: table[column].to_pandas() for name, column in fields.items()})
-        return _validate(raw, FieldRules(), str(path), errors)
+        return _validate(raw, FieldRules(), str(path), errors, timestamp_unit=timestamp_unit, columns=fields)
     if delimiter is None:
         delimiter = "\t" if ".tsv" in suffixes else ","
     types = {user_col: pa.string(), item_col: pa.string(), time_col: pa.int64()}
@@ -572,8 +699,30 @@ def read_interactions(
         types=types,
         rules=FieldRules(),
         errors=errors,
+        timestamp_unit=timestamp_unit,
         layout=delimiter.join(fields.values()),
     )
+
+
+def _check_official(frame: pd.DataFrame, path: PathLike, dataset: str, from_verified_archive: bool) -> None:
+    """Compare the ratings file read into ``frame`` with the official one: the result goes to
+    ``frame.attrs["source_check"]`` (then to ``preprocessing.json``), and a difference is a
+    :class:`ModifiedSourceWarning`."""
+    rows = len(frame) + sum(frame.attrs["skipped_rows"].values())  # every data row of the file, kept or not
+    check = check_official_file(path, OFFICIAL_RATINGS_FILES[dataset], rows, from_verified_archive)
+    frame.attrs["source_check"] = check.metadata()
+    if check.modified:
+        warnings.warn(
+            f"{path} is not the official {dataset} {check.official.file_name}: {check.describe()}. Results on it are "
+            f"not comparable with published {dataset} figures; preprocessing.json records it (source_modified) and "
+            "model cards name the dataset as modified.",
+            ModifiedSourceWarning,
+            stacklevel=3,
+        )
+    elif not check.verified:
+        logger.info(
+            "%s: %d rows, as in the official %s; no checksum is known to verify its content", path, rows, dataset
+        )
 
 
 def _find_file(directory: Path, candidates: Sequence[str], dataset: str, help_text: str) -> Path:
@@ -589,13 +738,13 @@ def _find_file(directory: Path, candidates: Sequence[str], dataset: str, help_te
     )
 
 
-def _read_amazon_file(path: Path, errors: Errors) -> pd.DataFrame:
+def _read_amazon_file(path: Path, errors: Errors, timestamp_unit: TimestampUnit | None) -> pd.DataFrame:
     name = path.name.lower()
     if name.endswith((".json", ".json.gz", ".jsonl", ".jsonl.gz")):
-        return read_amazon_reviews(path, errors)
+        return read_amazon_reviews(path, errors, timestamp_unit=timestamp_unit)
     if "_item_" in name and name.endswith(".txt"):
-        return read_amazon_sequences(path, errors=errors)
-    return read_amazon_ratings(path, errors)
+        return read_amazon_sequences(path, errors=errors, timestamp_unit=timestamp_unit)
+    return read_amazon_ratings(path, errors, timestamp_unit=timestamp_unit)
 
 
 def load_raw_interactions(
@@ -610,12 +759,16 @@ def load_raw_interactions(
     rating_col: str | None = None,
     delimiter: str | None = None,
     errors: Errors = "raise",
+    timestamp_unit: TimestampUnit | None = None,
 ) -> pd.DataFrame:
     """Load the raw interactions of a named dataset as the normalised frame described in this module.
 
     Args:
         dataset: ``ml-100k``, ``ml-1m``, ``ml-20m``, ``ml-latest-small`` (GroupLens zip downloaded and verified
-            unless ``raw_dir``/``raw_path`` is given); ``amazon-<category>`` (ratings-only CSV
+            unless ``raw_dir``/``raw_path`` is given; a file on disk is compared with the official one, see
+            :func:`~hf_hstu.data.download.check_official_file`: a difference is a
+            :class:`~hf_hstu.data.download.ModifiedSourceWarning` and is recorded in ``frame.attrs["source_check"]``);
+            ``amazon-<category>`` (ratings-only CSV
             ``ratings_<Category>.csv``, e.g. ``amazon-books``); ``amazon-<category>-5core`` (review JSON
             ``reviews_<Category>_5.json(.gz)`` or the ``*_item_org_rank.txt``/``*_time_org_rank.txt`` sequence
             files); ``csv`` (any CSV/TSV/Parquet file, DataFrame or ``datasets.Dataset`` given as ``raw_path``,
@@ -624,6 +777,9 @@ def load_raw_interactions(
         raw_path: the file itself (or an in-memory table for ``csv``); overrides ``raw_dir``.
         cache_dir: where GroupLens zips are downloaded (default :func:`~hf_hstu.data.download.default_cache_dir`).
         errors: ``"raise"`` on the first malformed row, or ``"skip"`` to drop and count malformed rows.
+        timestamp_unit: unit of numeric timestamps: None (default) for whole unix seconds (a fraction of a second,
+            or a value after the year 5000, is then a malformed row whose message suggests the unit), or ``"s"``,
+            ``"ms"``, ``"us"`` to convert (floored to the second).
     """
     name = dataset.lower()
     if name == "synthetic":
@@ -641,18 +797,22 @@ def load_raw_interactions(
             rating_col=rating_col,
             delimiter=delimiter,
             errors=errors,
+            timestamp_unit=timestamp_unit,
         )
     if raw_path is not None and not isinstance(raw_path, (str, os.PathLike)):
         raise TypeError(f"raw_path of dataset {dataset!r} must be a file path; use dataset 'csv' for tables")
     if name in MOVIELENS_RATINGS_FILES:
+        downloaded = raw_path is None and raw_dir is None
         if raw_path is None:
             folder = Path(raw_dir) if raw_dir is not None else fetch_movielens(name, cache_dir)
             help_text = f"Put the extracted files of {name}.zip there, or leave raw_dir unset to download it."
             raw_path = _find_file(folder, [MOVIELENS_RATINGS_FILES[name]], name, help_text)
-        return read_movielens(raw_path, name, errors)
+        frame = read_movielens(raw_path, name, errors, timestamp_unit=timestamp_unit)
+        _check_official(frame, raw_path, name, from_verified_archive=downloaded)
+        return frame
     if name.startswith("amazon-"):
         if raw_path is not None:
-            return _read_amazon_file(Path(raw_path), errors)
+            return _read_amazon_file(Path(raw_path), errors, timestamp_unit)
         key = name.removeprefix("amazon-")
         five_core = key.endswith("-5core")
         key = key.removesuffix("-5core")
@@ -664,7 +824,7 @@ def load_raw_interactions(
             candidates = [f"ratings_{category}.csv"]
         if raw_dir is None:
             raise DatasetNotAvailableError(f"{dataset}: expected {' or '.join(candidates)}. {_AMAZON_HELP}")
-        return _read_amazon_file(_find_file(Path(raw_dir), candidates, name, _AMAZON_HELP), errors)
+        return _read_amazon_file(_find_file(Path(raw_dir), candidates, name, _AMAZON_HELP), errors, timestamp_unit)
     known = [*MOVIELENS_RATINGS_FILES, "amazon-<category>", "amazon-<category>-5core", *GENERIC_SOURCES, "synthetic"]
     raise ValueError(f"Unknown dataset {dataset!r}; known: {known}")
 

@@ -40,6 +40,20 @@ def _check_metrics(kind: str, metrics: Mapping[str, float]) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
 
+def dataset_display_name(name: str, metadata: Mapping[str, Any] | None = None) -> str:
+    """The dataset's name for a model card: ``name``, or, when preprocessing found that its raw file is not the
+    official one (``source_modified`` in ``preprocessing.json``), ``name`` marked as modified with its row count:
+    "ml-1m (modified: 865,611 rows, not the official 1,000,209)"."""
+    if not metadata or not metadata.get("source_modified"):
+        return name
+    rows, official = metadata.get("source_rows"), metadata.get("official_rows")
+    if rows is None:
+        return f"{name} (modified: not the official file)"
+    if official is None or official == rows:
+        return f"{name} (modified: {rows:,} rows, not the official file)"
+    return f"{name} (modified: {rows:,} rows, not the official {official:,})"
+
+
 def format_duration(seconds: float) -> str:
     """A training time for people: 3725.4 -> "1 h 02 min 05 s"."""
     if not math.isfinite(seconds) or seconds < 0:

@@ -14,7 +14,7 @@ from ..data import (
     load_sequences,
     preprocess,
 )
-from ..hub.model_card import LEAVE_ONE_OUT_PROTOCOL
+from ..hub.model_card import LEAVE_ONE_OUT_PROTOCOL, dataset_display_name
 from .arguments import DataArguments
 
 PROTOCOL_DESCRIPTIONS = {
@@ -68,7 +68,7 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
     if "train" not in splits or "test" not in splits:
         raise ValueError(f"{data_args.dataset}: expected train and test splits, found {sorted(splits)}.")
     return TrainingData(
-        name=metadata.get("dataset", data_args.dataset),
+        name=dataset_display_name(metadata.get("dataset", data_args.dataset), metadata),
         splits=splits,
         vocabulary=vocabulary,
         collator=SequenceCollator(max_seq_len=max_seq_len),
