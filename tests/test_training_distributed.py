@@ -4,6 +4,7 @@ metrics."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,15 +60,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run(command: list[str], cwd: Path) -> None:
+def _run(command: list[str], cwd: Path, timeout: float = 300) -> None:
+    """Run a launch in its own process group; on a timeout kill the whole group, so that no rank outlives the test."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         "ACCELERATE_USE_CPU": "1",
         "OMP_NUM_THREADS": "1",  # two ranks share the cores
     }
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-5000:]}"
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} did not finish in {timeout} s (killed):\n{stderr[-5000:]}")
+    assert process.returncode == 0, f"{' '.join(command)} failed:\n{stderr[-5000:]}"
 
 
 def _train(tmp_path: Path, dataset: Path, name: str, num_processes: int) -> tuple[list[dict], dict]:
