@@ -4,6 +4,7 @@ Values are resolved in this order: dataclass defaults < preset < YAML `--config`
 """
 
 import dataclasses
+import difflib
 import sys
 import types
 import typing
@@ -144,18 +145,34 @@ def _field_types() -> dict[str, type]:
     return types_by_name
 
 
-def _check_value(source: str, name: str, value, expected) -> None:
-    """Raise a ValueError naming `source` and `name` when `value` does not fit the annotation `expected`."""
+def _number_from_text(text: str, number_type: type) -> int | float | None:
+    """`text` as a `number_type` (YAML 1.1 reads `1e-3` as a string), or None when it is not one."""
+    try:
+        number = float(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+    if number_type is int:
+        return int(number) if number.is_integer() else None
+    return number
+
+
+def _checked_value(source: str, name: str, value, expected):
+    """`value` if it fits the annotation `expected`, a number read from a numeric string for an int or float field
+    (PyYAML reads `1e-3` as a string), else a ValueError naming `source` and `name`."""
     allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
     for candidate in allowed:
         if candidate is type(None) and value is None:
-            return
+            return value
         if candidate is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
+            return float(value)
         if candidate is int and isinstance(value, int) and not isinstance(value, bool):
-            return
+            return value
         if candidate in (str, bool) and isinstance(value, candidate):
-            return
+            return value
+    if isinstance(value, str):
+        for candidate in allowed:
+            if candidate in (int, float) and (number := _number_from_text(value, candidate)) is not None:
+                return number
     names = " or ".join(getattr(c, "__name__", str(c)) for c in allowed)
     raise ValueError(f"{source}: field '{name}' must be {names}, got {value!r}.")
 
@@ -174,9 +191,13 @@ def resolve_defaults(config_file: str | None, preset: str | None) -> dict:
             raise ValueError(f"{path}: expected a mapping of argument names to values.")
         unknown = sorted(set(loaded) - set(field_types))
         if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}. Known fields: {sorted(field_types)}.")
-        for name, value in loaded.items():
-            _check_value(str(path), name, value, field_types[name])
+            hints = "".join(
+                f" Did you mean '{close[0]}' for '{name}'?"
+                for name in unknown
+                if (close := difflib.get_close_matches(name, field_types, n=1))
+            )
+            raise ValueError(f"{path}: unknown field(s) {unknown}.{hints} Known fields: {sorted(field_types)}.")
+        loaded = {name: _checked_value(str(path), name, value, field_types[name]) for name, value in loaded.items()}
     preset = preset or loaded.get("preset")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preset '{preset}'. Available presets: {', '.join(sorted(PRESETS))}.")
