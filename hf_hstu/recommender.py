@@ -9,6 +9,7 @@ from huggingface_hub import hf_hub_download
 from transformers import AutoModel
 
 from .data.vocabulary import ItemVocabulary, RawId
+from .modeling.checkpoint_files import checked_from_pretrained
 from .modeling.modeling_recommender import SequentialRecommenderPreTrainedModel
 
 
@@ -37,7 +38,7 @@ class Recommender:
         cls, model_name_or_path: str | os.PathLike, revision: str | None = None, **model_kwargs
     ) -> "Recommender":
         """Load a checkpoint folder or Hub repository holding a model and its `item_vocabulary.json`."""
-        model = AutoModel.from_pretrained(model_name_or_path, revision=revision, **model_kwargs)
+        model = checked_from_pretrained(AutoModel, model_name_or_path, revision=revision, **model_kwargs)
         path = Path(model_name_or_path)
         if path.is_dir():
             vocabulary_file = path / ItemVocabulary.file_name

@@ -6,6 +6,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from ..modeling.checkpoint_files import checked_from_pretrained
 from ..modeling.modeling_recommender import SequentialRecommenderPreTrainedModel
 from ..modeling.retrieval import target_ranks
 from .ranking_metrics import DEFAULT_K_VALUES, RankingMetricsAccumulator
@@ -58,7 +59,7 @@ def evaluate_checkpoint(
     from ..training.arguments import DataArguments
     from ..training.data import load_training_data
 
-    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    model = checked_from_pretrained(AutoModel, model_name_or_path, trust_remote_code=trust_remote_code)
     data = load_training_data(DataArguments(dataset=dataset), model.config.max_seq_len)
     if split not in data.splits or split == "train":
         raise ValueError(f"{dataset}: no evaluation split '{split}'; it has {sorted(data.splits)}.")

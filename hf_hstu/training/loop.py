@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..evaluation.ranking import evaluate_ranking
 from ..hub.push import push_checkpoint, write_run_model_card
+from ..modeling.checkpoint_files import checked_from_pretrained
 from .arguments import DataArguments, ModelArguments, RecTrainingArguments
 from .data import TrainingData, load_training_data
 from .model_config import MODEL_CLASSES, build_model_config
@@ -262,7 +263,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     test_metrics = None
     if "test" in eval_loaders:
         accelerator.wait_for_everyone()
-        best_model = MODEL_CLASSES[model_args.model_type][1].from_pretrained(best_model_dir).to(accelerator.device)
+        best_model = checked_from_pretrained(MODEL_CLASSES[model_args.model_type][1], best_model_dir)
+        best_model = best_model.to(accelerator.device)
         test_metrics = evaluate_ranking(best_model, eval_loaders["test"], accelerator, training_args.k_values)
     validation_metrics = None
     if state.best_epoch is not None and validation_split:
