@@ -14,7 +14,6 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..evaluation.ranking import evaluate_ranking
 from ..hub.push import push_checkpoint, write_run_model_card
@@ -22,6 +21,7 @@ from ..modeling.checkpoint_files import checked_from_pretrained
 from .arguments import DataArguments, ModelArguments, RecTrainingArguments
 from .data import TrainingData, load_training_data
 from .model_config import MODEL_CLASSES, build_model_config
+from .progress import PhaseProgress, quiet_library_progress_bars
 from .sampling import EpochSeededSampler, GlobalNegativeSampler
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,14 @@ def _prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> No
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
-    """Train, validate, early-stop, test with the best model, and save (and optionally push) it."""
+    """Train, validate, early-stop, test with the best model, and save (and optionally push) it.
+
+    Progress is a bar per epoch on a terminal, and one line per epoch and evaluation in a log file or pipe."""
+    with quiet_library_progress_bars():
+        return _train(model_args, data_args, training_args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
     output_dir = Path(training_args.output_dir)
     resuming = training_args.resume_from_checkpoint is not None
     accelerator = Accelerator(
@@ -179,11 +186,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     for epoch in range(state.epoch, training_args.num_epochs):
         train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
         model.train()
-        progress = tqdm(
+        progress = PhaseProgress(
             train_loader,
             desc=f"epoch {epoch + 1}/{training_args.num_epochs}",
             disable=not accelerator.is_local_main_process,
-            leave=False,
         )
         for batch in progress:
             with accelerator.accumulate(model):
@@ -218,12 +224,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
             if training_args.max_steps is not None and state.global_step >= training_args.max_steps:
                 stop = True
                 break
+        progress.close()
         state.epoch = epoch + 1
 
         if validation_split and (
             state.epoch % training_args.eval_every_epochs == 0 or stop or state.epoch == training_args.num_epochs
         ):
-            metrics = evaluate_ranking(model, eval_loaders[validation_split], accelerator, training_args.k_values)
+            metrics = evaluate_ranking(
+                model, eval_loaders[validation_split], accelerator, training_args.k_values, progress="validation"
+            )
             record = {
                 "epoch": state.epoch,
                 "step": state.global_step,
@@ -265,7 +274,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         accelerator.wait_for_everyone()
         best_model = checked_from_pretrained(MODEL_CLASSES[model_args.model_type][1], best_model_dir)
         best_model = best_model.to(accelerator.device)
-        test_metrics = evaluate_ranking(best_model, eval_loaders["test"], accelerator, training_args.k_values)
+        test_metrics = evaluate_ranking(
+            best_model, eval_loaders["test"], accelerator, training_args.k_values, progress="test"
+        )
     validation_metrics = None
     if state.best_epoch is not None and validation_split:
         best_record = next(r for r in state.history if r["epoch"] == state.best_epoch)
