@@ -214,3 +214,38 @@ def parse_training_arguments(
     parser.set_defaults(**resolve_defaults(first_pass.config, first_pass.preset))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
+
+
+# Fields that say where a run reads or writes on this machine, or where it is pushed: not part of a command that
+# reproduces the model elsewhere.
+MACHINE_LOCAL_FIELDS = (
+    "output_dir",
+    "overwrite_output_dir",
+    "config",
+    "resume_from_checkpoint",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+)
+
+
+def reproducing_arguments(*argument_objects, **replacements) -> list[str]:
+    """Command-line flags that reproduce the given argument dataclasses: `--preset` when one was used, then every
+    field (the dataset first) whose value differs from the dataclass default or the preset's value, with `replacements` (e.g.
+    `dataset="data/ml-1m"`) in place of the values, and without the MACHINE_LOCAL_FIELDS."""
+    values = {name: value for arguments in argument_objects for name, value in vars(arguments).items()}
+    values.update(replacements)
+    baseline = {
+        field.name: field.default
+        for arguments in argument_objects
+        for field in dataclasses.fields(arguments)
+        if field.default is not dataclasses.MISSING
+    }
+    baseline.update(PRESETS.get(values.get("preset"), {}))
+    flags = ["--preset", values["preset"]] if values.get("preset") else []
+    for name in sorted(values, key=lambda name: name != "dataset"):  # the dataset first, then the fields in order
+        value = values[name]
+        if name in (*MACHINE_LOCAL_FIELDS, "preset") or (name in baseline and value == baseline[name]):
+            continue
+        flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags

@@ -5,6 +5,7 @@ the test split scored with the best model, trackers, a model card and an optiona
 import json
 import logging
 import math
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,9 +17,10 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from ..evaluation.ranking import evaluate_ranking
+from ..hub.dataset_card import preprocessing_command
 from ..hub.push import push_checkpoint, write_run_model_card
 from ..modeling.checkpoint_files import checked_from_pretrained
-from .arguments import DataArguments, ModelArguments, RecTrainingArguments
+from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
 from .data import TrainingData, load_training_data
 from .model_config import MODEL_CLASSES, build_model_config
 from .progress import PhaseProgress, quiet_library_progress_bars
@@ -61,6 +63,7 @@ class TrainingResult:
     train_seconds: float
     num_processes: int
     history: list
+    command: str = ""  # what reproduces the run on another machine (no local paths), as in the model card
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -290,6 +293,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
         train_seconds=train_seconds,
         num_processes=accelerator.num_processes,
         history=state.history,
+        command=reproducing_command(model_args, data_args, training_args, data, accelerator.num_processes),
     )
     if accelerator.is_main_process:
         (output_dir / "results.json").write_text(json.dumps(asdict(result), indent=2))
@@ -303,9 +307,11 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
                 metrics=test_metrics,
                 training_seconds=train_seconds,
                 num_processes=accelerator.num_processes,
-                training_config=_flat_arguments(model_args, data_args, training_args),
+                training_config=_portable_settings(model_args, data_args, training_args, data),
                 protocol=data.protocol_text,
                 model_id=training_args.hub_model_id,
+                command=result.command,
+                dataset_id=_hub_dataset_id(data_args),
             )
             if training_args.push_to_hub:
                 url = push_checkpoint(best_model_dir, training_args.hub_model_id, training_args.hub_private_repo)
@@ -348,6 +354,46 @@ def _save_training_state(
         for old in sorted((output_dir / CHECKPOINTS_DIR).glob("epoch_*"))[:-save_total_limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def reproducing_command(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: RecTrainingArguments,
+    data: TrainingData,
+    num_processes: int = 1,
+) -> str:
+    """The command that reproduces a run elsewhere: `scripts/preprocess.py` first when the data came from a local
+    folder, then `scripts/train.py` with the flags that differ from the defaults and the preset, the dataset named by
+    its Hub id, its name or data/<name>, and none of this machine's paths."""
+    launcher = ["accelerate", "launch", "--num_processes", str(num_processes)] if num_processes > 1 else ["python"]
+    flags = reproducing_arguments(
+        model_args,
+        data_args,
+        training_args,
+        dataset=data.reference,
+        raw_dir="RAW_DIR" if data_args.raw_dir else None,
+    )
+    command = shlex.join([*launcher, "scripts/train.py", *flags])
+    if Path(data_args.dataset).expanduser().is_dir():
+        return f"{preprocessing_command(data.metadata, data.reference)} && {command}"
+    return command
+
+
+def _hub_dataset_id(data_args: DataArguments) -> str | None:
+    """The Hub dataset id the data came from, or None for a local folder or a dataset built by name."""
+    local = Path(data_args.dataset).expanduser().exists()
+    return data_args.dataset if "/" in data_args.dataset and not local else None
+
+
+def _portable_settings(model_args, data_args, training_args, data: TrainingData) -> dict:
+    """The run's settings for the model card, without this machine's paths."""
+    settings = _flat_arguments(model_args, data_args, training_args)
+    settings = {name: value for name, value in settings.items() if name not in MACHINE_LOCAL_FIELDS}
+    settings["dataset"] = data.reference
+    if data_args.raw_dir:
+        settings["raw_dir"] = "RAW_DIR"
+    return settings
 
 
 def _flat_arguments(*argument_objects) -> dict:
