@@ -1,5 +1,6 @@
 """Recommendations in raw item ids: a trained model together with the item vocabulary saved beside it."""
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,10 @@ class Recommender:
         for name, values in (("timestamps", timestamps), ("request_times", request_times)):
             if values is not None and len(values) != len(histories):
                 raise ValueError(f"{name} has {len(values)} rows but there are {len(histories)} histories.")
+        for row, time in enumerate(request_times or ()):
+            whole = isinstance(time, float) and time.is_integer()
+            if not (whole or isinstance(time, numbers.Integral)) or isinstance(time, bool):
+                raise ValueError(f"request_times[{row}] = {time!r} is not a whole number of unix seconds.")
         if timestamps is None:
             return
         for row, (history, times) in enumerate(zip(histories, timestamps, strict=True)):
@@ -117,7 +122,11 @@ class Recommender:
             input_ids=input_ids.to(device),
             attention_mask=(input_ids != 0).to(device),
             timestamps=event_times.to(device) if timestamps is not None else None,
-            target_timestamps=torch.tensor(request_times, device=device) if request_times is not None else None,
+            target_timestamps=(
+                torch.tensor([int(time) for time in request_times], device=device)
+                if request_times is not None
+                else None
+            ),
             k=k,
             filter_seen=filter_seen,
             candidate_ids=torch.from_numpy(self.vocabulary.encode(candidates)).to(device) if candidates else None,

@@ -64,3 +64,11 @@ def test_misspelt_config_override_is_an_error_naming_the_closest_field():
     model_args = parse_training_arguments(["--config_overrides", "output_attentions=true"])[0]
     with pytest.raises(ValueError, match="is not 'field=value' with a field of HSTUConfig"):
         build_model_config(model_args, num_items=10)  # a transformers setting, not a field of the model
+
+
+def test_optional_number_overrides_are_typed():
+    for text, expected in (("32", 32), ("none", None)):
+        model_args = parse_training_arguments(["--config_overrides", f"length_group_size={text}"])[0]
+        assert build_model_config(model_args, num_items=10).length_group_size == expected
+    model_args = parse_training_arguments(["--model_type", "sasrec", "--config_overrides", "intermediate_size=7"])[0]
+    assert build_model_config(model_args, num_items=10).intermediate_size == 7

@@ -45,3 +45,12 @@ def test_request_time_before_the_last_event_is_rejected_unless_allowed(recommend
     assert [len(row) for row in past] == [3, 3]
     # a request at the time of the last event itself is fine
     assert len(recommender.recommend(HISTORIES, TIMES, request_times=[200, 50], k=3)) == 2
+
+
+def test_request_times_must_be_whole_seconds(recommender):
+    with pytest.raises(ValueError, match=r"request_times\[0\] = 300.5 is not a whole number of unix seconds"):
+        recommender.recommend(HISTORIES, TIMES, request_times=[300.5, 300])
+    with pytest.raises(ValueError, match=r"request_times\[1\] = 'soon' is not a whole number"):
+        recommender.recommend(HISTORIES, TIMES, request_times=[300, "soon"])
+    as_floats = recommender.recommend(HISTORIES, TIMES, request_times=[300.0, 300.0], k=3)
+    assert as_floats == recommender.recommend(HISTORIES, TIMES, request_times=[300, 300], k=3)

@@ -85,8 +85,9 @@ class DataArguments:
     dataset: str = field(
         default="synthetic",
         metadata={
-            "help": "A preprocessed dataset folder (scripts/preprocess.py output) or a dataset name to build "
-            "(synthetic, ml-100k, ml-1m, ml-20m, ml-latest-small, amazon-books, amazon-beauty-5core, ...)."
+            "help": "A preprocessed dataset folder (scripts/preprocess.py output), a Hub dataset id pushed by "
+            "scripts/push_dataset.py (owner/name), or a dataset name to build (synthetic, ml-100k, ml-1m, ml-20m, "
+            "ml-latest-small, amazon-books, amazon-beauty-5core, ...)."
         },
     )
     raw_dir: str | None = field(default=None, metadata={"help": "Raw files of a named dataset already on disk."})

@@ -48,7 +48,8 @@ def build_model_config(model_args: ModelArguments, num_items: int) -> Sequential
 
 
 def _parse_overrides(overrides: str | None, config_class: type) -> dict:
-    """'name=value,name=value' -> typed values, using the config's defaults to pick each type."""
+    """'name=value,name=value' -> typed values, using the config's defaults to pick each type (an optional field,
+    None by default, takes "none" or an int)."""
     if not overrides:
         return {}
     model_fields = {field.name for field in dataclasses.fields(config_class)} - {
@@ -66,6 +67,11 @@ def _parse_overrides(overrides: str | None, config_class: type) -> dict:
                 f"config_overrides: '{item}' is not 'field=value' with a field of {config_class.__name__}.{hint}"
             )
         default = defaults[name]
+        if default is None:  # an optional number, e.g. length_group_size: "none" or an int
+            if text.strip().lower() == "none":
+                parsed[name] = None
+                continue
+            default = 0
         if isinstance(default, bool):
             if text.lower() not in ("true", "false"):
                 raise ValueError(f"config_overrides: field '{name}' must be true or false, got '{text}'.")
