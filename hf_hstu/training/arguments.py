@@ -232,8 +232,8 @@ MACHINE_LOCAL_FIELDS = (
 
 def reproducing_arguments(*argument_objects, **replacements) -> list[str]:
     """Command-line flags that reproduce the given argument dataclasses: `--preset` when one was used, then every
-    field (the dataset first) whose value differs from the dataclass default or the preset's value, with `replacements` (e.g.
-    `dataset="data/ml-1m"`) in place of the values, and without the MACHINE_LOCAL_FIELDS."""
+    field (the dataset first) whose value differs from the dataclass default or the preset's value, with
+    `replacements` (e.g. `dataset="data/ml-1m"`) in place of the values, and without the MACHINE_LOCAL_FIELDS."""
     values = {name: value for arguments in argument_objects for name, value in vars(arguments).items()}
     values.update(replacements)
     baseline = {
