@@ -9,7 +9,7 @@ from pathlib import Path
 
 from recommender_testing import TINY_TRAINING_ARGUMENTS, save_tiny_dataset
 
-from hf_hstu.training.progress import PhaseProgress
+from hf_hstu.training.progress import PhaseProgress, is_interactive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,6 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+class _JupyterStream(io.StringIO):  # what a notebook's sys.stderr looks like
+    isatty = io.StringIO.isatty
+
+
+_JupyterStream.__module__ = "ipykernel.iostream"
 
 
 def _run(stream, items=range(30)) -> str:
@@ -33,6 +40,7 @@ def test_one_line_per_phase_when_not_a_terminal():
     assert "\r" not in text and text.count("\n") == 1
     assert text.startswith("epoch 1/3: 30 batches in ") and text.endswith(" s, loss 0.5000\n")
     assert _run(_Terminal()).count("\r") > 1  # a tqdm bar on a terminal
+    assert is_interactive(_JupyterStream()) and not is_interactive(io.StringIO())  # and in a notebook
     quiet = io.StringIO()
     progress = PhaseProgress(range(3), desc="x", disable=True, stream=quiet)
     list(progress)

@@ -18,8 +18,11 @@ from transformers.utils import logging as transformers_logging
 
 
 def is_interactive(stream: IO | None = None) -> bool:
-    """Whether `stream` (default: stderr, where progress goes) is a terminal."""
+    """Whether `stream` (default: stderr, where progress goes) is a terminal, or a Jupyter kernel's output (which
+    draws bars in place)."""
     stream = sys.stderr if stream is None else stream
+    if type(stream).__module__.split(".")[0] == "ipykernel":
+        return True
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
 
