@@ -3,7 +3,8 @@
     python scripts/push_to_hub.py --checkpoint outputs/run/best_model --repo_id org/hstu-ml1m
 
 The folder's README.md (written by scripts/train.py with the measured metrics) is the model card; without one, a card
-is made from the config, with `--dataset_name` and `--metrics_file` (a results.json of a run) when given.
+is made from the config, with `--dataset_name` and `--metrics_file` (a results.json of a run: metrics, training time
+and command) when given. The pushed card's code loads `--repo_id`, and the pushed config.json names no local folder.
 """
 
 import json
@@ -38,6 +39,7 @@ def main() -> None:
             num_processes=results.get("num_processes", 1),
             training_config={},
             model_id=args.repo_id,
+            command=results.get("command"),
         )
     print(push_checkpoint(checkpoint, args.repo_id, args.private, args.commit_message))
 

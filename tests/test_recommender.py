@@ -47,7 +47,7 @@ def test_bad_input_is_named(checkpoint):
         recommender.recommend([["B0001", "B9999"]], [[1, 2]], request_times=[3])
     with pytest.raises(ValueError, match="history 0 has 2 items but 1 timestamps"):
         recommender.recommend([["B0001", "B0002"]], [[1]], request_times=[3])
-    with pytest.raises(ValueError, match="target_timestamps is required"):
+    with pytest.raises(ValueError, match="request_times is required"):
         recommender.recommend([["B0001"]], [[1]])
     with pytest.raises(ValueError, match="every history needs at least one item"):
         recommender.recommend([[]])

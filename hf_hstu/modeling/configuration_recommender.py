@@ -1,10 +1,29 @@
 """Configuration fields shared by every sequential recommender of this package (HSTU, SASRec)."""
 
+import dataclasses
+import difflib
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
 from transformers.utils.type_validators import interval
+
+logger = logging.get_logger(__name__)
+
+# Keys that transformers itself writes to, or accepts in, a config (config.json of this or an older version, or
+# keyword arguments of from_pretrained) without them being fields: they never warn. Keys starting with "_" and
+# attributes of PreTrainedConfig (num_labels, torch_dtype, ...) do not warn either.
+_TRANSFORMERS_KEYS = frozenset(
+    """auto_map model_type attn_implementation experts_implementation per_layer_config use_cache pad_token_id
+    bos_token_id eos_token_id sep_token_id decoder_start_token_id tie_word_embeddings is_decoder add_cross_attention
+    tie_encoder_decoder cross_attention_hidden_size tokenizer_class prefix task_specific_params finetuning_task
+    pruned_heads torchscript use_bfloat16 tf_legacy_loss rope_theta max_length min_length do_sample early_stopping
+    num_beams top_k top_p typical_p repetition_penalty length_penalty no_repeat_ngram_size
+    encoder_no_repeat_ngram_size bad_words_ids num_return_sequences output_scores return_dict_in_generate
+    forced_bos_token_id forced_eos_token_id remove_invalid_values exponential_decay_length_penalty suppress_tokens
+    begin_suppress_tokens num_beam_groups diversity_penalty""".split()
+)
 
 
 @strict
@@ -71,6 +90,21 @@ class SequentialRecommenderConfig(PreTrainedConfig):
     mol_num_item_components: int = interval(min=1)(default=4)
     mol_component_dim: int = interval(min=1)(default=32)
     initializer_range: float = interval(min=0.0, max=1.0)(default=0.02)
+
+    def __post_init__(self, **kwargs):
+        """Warn about keyword arguments (or config.json keys) that are no field of this config, naming the closest
+        field: a misspelt field would otherwise be stored as an unused attribute and the default used."""
+        fields = [field.name for field in dataclasses.fields(self)]
+        kwargs.pop("length_group_size", None)  # a config field before it became a run-time setting of the model
+        for name in kwargs:
+            if name.startswith("_") or name in _TRANSFORMERS_KEYS or hasattr(PreTrainedConfig, name):
+                continue
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            logger.warning(
+                f"{type(self).__name__} has no field '{name}': it is stored but the model does not use it.{hint}"
+            )
+        super().__post_init__(**kwargs)
 
     @property
     def tokens_per_event(self) -> int:

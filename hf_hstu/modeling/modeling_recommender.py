@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
+from .checkpoint_files import naming_corrupt_weights
 from .configuration_recommender import SequentialRecommenderConfig
 from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
 from .losses import build_loss
@@ -142,6 +143,15 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         self.output_postprocessor = build_output_postprocessor(config)
         self.similarity = build_similarity(config)
         self.training_loss = build_loss(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a truncated or corrupt weights file raises `CorruptWeightsError` naming
+        the file and what is wrong with it."""
+        with naming_corrupt_weights(
+            pretrained_model_name_or_path, kwargs.get("revision"), kwargs.get("subfolder") or ""
+        ):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @property
     def requires_timestamps(self) -> bool:

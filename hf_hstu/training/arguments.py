@@ -4,6 +4,7 @@ Values are resolved in this order: dataclass defaults < preset < YAML `--config`
 """
 
 import dataclasses
+import difflib
 import sys
 import types
 import typing
@@ -84,8 +85,9 @@ class DataArguments:
     dataset: str = field(
         default="synthetic",
         metadata={
-            "help": "A preprocessed dataset folder (scripts/preprocess.py output) or a dataset name to build "
-            "(synthetic, ml-100k, ml-1m, ml-20m, ml-latest-small, amazon-books, amazon-beauty-5core, ...)."
+            "help": "A preprocessed dataset folder (scripts/preprocess.py output), a Hub dataset id pushed by "
+            "scripts/push_dataset.py (owner/name), or a dataset name to build (synthetic, ml-100k, ml-1m, ml-20m, "
+            "ml-latest-small, amazon-books, amazon-beauty-5core, ...)."
         },
     )
     raw_dir: str | None = field(default=None, metadata={"help": "Raw files of a named dataset already on disk."})
@@ -155,18 +157,34 @@ def _field_types() -> dict[str, type]:
     return types_by_name
 
 
-def _check_value(source: str, name: str, value, expected) -> None:
-    """Raise a ValueError naming `source` and `name` when `value` does not fit the annotation `expected`."""
+def _number_from_text(text: str, number_type: type) -> int | float | None:
+    """`text` as a `number_type` (YAML 1.1 reads `1e-3` as a string), or None when it is not one."""
+    try:
+        number = float(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+    if number_type is int:
+        return int(number) if number.is_integer() else None
+    return number
+
+
+def _checked_value(source: str, name: str, value, expected):
+    """`value` if it fits the annotation `expected`, a number read from a numeric string for an int or float field
+    (PyYAML reads `1e-3` as a string), else a ValueError naming `source` and `name`."""
     allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
     for candidate in allowed:
         if candidate is type(None) and value is None:
-            return
+            return value
         if candidate is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
+            return float(value)
         if candidate is int and isinstance(value, int) and not isinstance(value, bool):
-            return
+            return value
         if candidate in (str, bool) and isinstance(value, candidate):
-            return
+            return value
+    if isinstance(value, str):
+        for candidate in allowed:
+            if candidate in (int, float) and (number := _number_from_text(value, candidate)) is not None:
+                return number
     names = " or ".join(getattr(c, "__name__", str(c)) for c in allowed)
     raise ValueError(f"{source}: field '{name}' must be {names}, got {value!r}.")
 
@@ -185,9 +203,13 @@ def resolve_defaults(config_file: str | None, preset: str | None) -> dict:
             raise ValueError(f"{path}: expected a mapping of argument names to values.")
         unknown = sorted(set(loaded) - set(field_types))
         if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}. Known fields: {sorted(field_types)}.")
-        for name, value in loaded.items():
-            _check_value(str(path), name, value, field_types[name])
+            hints = "".join(
+                f" Did you mean '{close[0]}' for '{name}'?"
+                for name in unknown
+                if (close := difflib.get_close_matches(name, field_types, n=1))
+            )
+            raise ValueError(f"{path}: unknown field(s) {unknown}.{hints} Known fields: {sorted(field_types)}.")
+        loaded = {name: _checked_value(str(path), name, value, field_types[name]) for name, value in loaded.items()}
     preset = preset or loaded.get("preset")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preset '{preset}'. Available presets: {', '.join(sorted(PRESETS))}.")
@@ -204,3 +226,38 @@ def parse_training_arguments(
     parser.set_defaults(**resolve_defaults(first_pass.config, first_pass.preset))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
+
+
+# Fields that say where a run reads or writes on this machine, or where it is pushed: not part of a command that
+# reproduces the model elsewhere.
+MACHINE_LOCAL_FIELDS = (
+    "output_dir",
+    "overwrite_output_dir",
+    "config",
+    "resume_from_checkpoint",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+)
+
+
+def reproducing_arguments(*argument_objects, **replacements) -> list[str]:
+    """Command-line flags that reproduce the given argument dataclasses: `--preset` when one was used, then every
+    field (the dataset first) whose value differs from the dataclass default or the preset's value, with
+    `replacements` (e.g. `dataset="data/ml-1m"`) in place of the values, and without the MACHINE_LOCAL_FIELDS."""
+    values = {name: value for arguments in argument_objects for name, value in vars(arguments).items()}
+    values.update(replacements)
+    baseline = {
+        field.name: field.default
+        for arguments in argument_objects
+        for field in dataclasses.fields(arguments)
+        if field.default is not dataclasses.MISSING
+    }
+    baseline.update(PRESETS.get(values.get("preset"), {}))
+    flags = ["--preset", values["preset"]] if values.get("preset") else []
+    for name in sorted(values, key=lambda name: name != "dataset"):  # the dataset first, then the fields in order
+        value = values[name]
+        if name in (*MACHINE_LOCAL_FIELDS, "preset") or (name in baseline and value == baseline[name]):
+            continue
+        flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags

@@ -1,10 +1,12 @@
 """The training loop's data: a preprocessed dataset folder, or a dataset built in memory by name."""
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import DatasetDict
+from huggingface_hub import hf_hub_download
 
 from ..data import (
     METADATA_FILE,
@@ -39,16 +41,23 @@ class TrainingData:
     vocabulary: ItemVocabulary
     collator: SequenceCollator
     metadata: dict
+    reference: str = ""  # how a command names the dataset: its Hub id, its name, or data/<name> for a local folder
 
     @property
     def protocol_text(self) -> str:
         return PROTOCOL_DESCRIPTIONS.get(self.metadata.get("split"), str(self.metadata.get("split")))
 
 
+# A Hub dataset repository id: "owner/name", neither an absolute nor an explicitly relative path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingData:
-    """Load `data_args.dataset`: a folder written by `scripts/preprocess.py`, or else a dataset name that is built
-    in memory (from `data_args.raw_dir` or the official download)."""
+    """Load `data_args.dataset`: a folder written by `scripts/preprocess.py`, a Hub dataset repository pushed by
+    `scripts/push_dataset.py` (or `preprocess.py --push-to-hub`), or else a dataset name that is built in memory
+    (from `data_args.raw_dir` or the official download)."""
     path = Path(data_args.dataset).expanduser()
+    reference = data_args.dataset
     if path.exists():
         if not (path / METADATA_FILE).is_file():
             raise FileNotFoundError(
@@ -58,6 +67,14 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         splits = load_sequences(path)
         vocabulary = ItemVocabulary.load(path)
         metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
+        reference = f"data/{metadata.get('dataset', path.name)}"
+    elif _HUB_ID.fullmatch(data_args.dataset):
+        splits = load_sequences(data_args.dataset)  # FileNotFoundError naming it if it is not on the Hub either
+        vocabulary = ItemVocabulary.load(
+            hf_hub_download(data_args.dataset, ItemVocabulary.file_name, repo_type="dataset")
+        )
+        metadata_file = hf_hub_download(data_args.dataset, METADATA_FILE, repo_type="dataset")
+        metadata = json.loads(Path(metadata_file).read_text(encoding="utf-8"))
     else:
         if any(separator in data_args.dataset for separator in ("/", "\\")):
             raise FileNotFoundError(f"Dataset folder not found: {path}")
@@ -73,4 +90,5 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         vocabulary=vocabulary,
         collator=SequenceCollator(max_seq_len=max_seq_len),
         metadata=metadata,
+        reference=reference,
     )

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import time
 import uuid
@@ -17,14 +18,15 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..evaluation.ranking import evaluate_ranking
+from ..hub.dataset_card import preprocessing_command
 from ..hub.push import push_checkpoint, write_run_model_card
-from .arguments import DataArguments, ModelArguments, RecTrainingArguments
+from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
 from .data import TrainingData, load_training_data
 from .launch import check_process_launch
 from .model_config import MODEL_CLASSES, build_model_config
+from .progress import PhaseProgress, quiet_library_progress_bars
 from .sampling import EpochSeededSampler, GlobalNegativeSampler
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class TrainingResult:
     train_seconds: float
     num_processes: int
     history: list
+    command: str = ""  # what reproduces the run on another machine (no local paths), as in the model card
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -144,7 +147,14 @@ def _dataset_signature(data: TrainingData) -> dict:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
-    """Train, validate, early-stop, test with the best model, and save (and optionally push) it."""
+    """Train, validate, early-stop, test with the best model, and save (and optionally push) it.
+
+    Progress is a bar per epoch on a terminal, and one line per epoch and evaluation in a log file or pipe."""
+    with quiet_library_progress_bars():
+        return _train(model_args, data_args, training_args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
     output_dir = Path(training_args.output_dir)
     resuming = training_args.resume_from_checkpoint is not None
     accelerator = Accelerator(
@@ -239,11 +249,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
     for epoch in range(state.epoch, training_args.num_epochs):
         train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
         model.train()
-        progress = tqdm(
+        progress = PhaseProgress(
             train_loader,
             desc=f"epoch {epoch + 1}/{training_args.num_epochs}",
             disable=not accelerator.is_local_main_process,
-            leave=False,
         )
         for batch in progress:
             with accelerator.accumulate(model):
@@ -278,12 +287,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
             if training_args.max_steps is not None and state.global_step >= training_args.max_steps:
                 stop = True
                 break
+        progress.close()
         state.epoch = epoch + 1
 
         if validation_split and (
             state.epoch % training_args.eval_every_epochs == 0 or stop or state.epoch == training_args.num_epochs
         ):
-            metrics = evaluate_ranking(model, eval_loaders[validation_split], accelerator, training_args.k_values)
+            metrics = evaluate_ranking(
+                model, eval_loaders[validation_split], accelerator, training_args.k_values, progress="validation"
+            )
             record = {
                 "epoch": state.epoch,
                 "step": state.global_step,
@@ -330,7 +342,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         accelerator.wait_for_everyone()
         best_model = MODEL_CLASSES[model_args.model_type][1].from_pretrained(best_model_dir)
         best_model = _with_runtime_settings(best_model, training_args).to(accelerator.device)
-        test_metrics = evaluate_ranking(best_model, eval_loaders["test"], accelerator, training_args.k_values)
+        test_metrics = evaluate_ranking(
+            best_model, eval_loaders["test"], accelerator, training_args.k_values, progress="test"
+        )
     validation_metrics = None
     if state.best_epoch is not None and validation_split:
         best_record = next(r for r in state.history if r["epoch"] == state.best_epoch)
@@ -344,6 +358,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
         train_seconds=train_seconds,
         num_processes=accelerator.num_processes,
         history=state.history,
+        command=reproducing_command(model_args, data_args, training_args, data, accelerator.num_processes),
     )
     if accelerator.is_main_process:
         (output_dir / "results.json").write_text(json.dumps(asdict(result), indent=2))
@@ -358,9 +373,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: R
                 training_seconds=train_seconds,
                 num_processes=accelerator.num_processes,
                 device=accelerator.device,
-                training_config=_flat_arguments(model_args, data_args, training_args),
+                training_config=_portable_settings(model_args, data_args, training_args, data),
                 protocol=data.protocol_text,
                 model_id=training_args.hub_model_id,
+                command=result.command,
+                dataset_id=_hub_dataset_id(data_args),
             )
             if training_args.push_to_hub:
                 url = push_checkpoint(best_model_dir, training_args.hub_model_id, training_args.hub_private_repo)
@@ -421,6 +438,46 @@ def _save_training_state(
         for old in complete[:-save_total_limit]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def reproducing_command(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: RecTrainingArguments,
+    data: TrainingData,
+    num_processes: int = 1,
+) -> str:
+    """The command that reproduces a run elsewhere: `scripts/preprocess.py` first when the data came from a local
+    folder, then `scripts/train.py` with the flags that differ from the defaults and the preset, the dataset named by
+    its Hub id, its name or data/<name>, and none of this machine's paths."""
+    launcher = ["accelerate", "launch", "--num_processes", str(num_processes)] if num_processes > 1 else ["python"]
+    flags = reproducing_arguments(
+        model_args,
+        data_args,
+        training_args,
+        dataset=data.reference,
+        raw_dir="RAW_DIR" if data_args.raw_dir else None,
+    )
+    command = shlex.join([*launcher, "scripts/train.py", *flags])
+    if Path(data_args.dataset).expanduser().is_dir():
+        return f"{preprocessing_command(data.metadata, data.reference)} && {command}"
+    return command
+
+
+def _hub_dataset_id(data_args: DataArguments) -> str | None:
+    """The Hub dataset id the data came from, or None for a local folder or a dataset built by name."""
+    local = Path(data_args.dataset).expanduser().exists()
+    return data_args.dataset if "/" in data_args.dataset and not local else None
+
+
+def _portable_settings(model_args, data_args, training_args, data: TrainingData) -> dict:
+    """The run's settings for the model card, without this machine's paths."""
+    settings = _flat_arguments(model_args, data_args, training_args)
+    settings = {name: value for name, value in settings.items() if name not in MACHINE_LOCAL_FIELDS}
+    settings["dataset"] = data.reference
+    if data_args.raw_dir:
+        settings["raw_dir"] = "RAW_DIR"
+    return settings
 
 
 def _flat_arguments(*argument_objects) -> dict:

@@ -1,5 +1,10 @@
 """Model configs built from the training arguments."""
 
+import dataclasses
+import difflib
+
+from transformers import PreTrainedConfig
+
 from ..modeling.configuration_hstu import HSTUConfig
 from ..modeling.configuration_recommender import SequentialRecommenderConfig
 from ..modeling.configuration_sasrec import SASRecConfig
@@ -43,17 +48,23 @@ def build_model_config(model_args: ModelArguments, num_items: int) -> Sequential
 
 
 def _parse_overrides(overrides: str | None, config_class: type) -> dict:
-    """'name=value,name=value' -> typed values, using the config's defaults to pick each type."""
+    """'name=value,name=value' -> typed values, using the config's defaults to pick each type (an optional field,
+    None by default, takes "none" or an int)."""
     if not overrides:
         return {}
-    defaults = config_class(num_items=1).to_dict()
+    model_fields = {field.name for field in dataclasses.fields(config_class)} - {
+        field.name for field in dataclasses.fields(PreTrainedConfig)
+    }
+    defaults = {name: value for name, value in config_class(num_items=1).to_dict().items() if name in model_fields}
     parsed = {}
     for item in overrides.split(","):
         name, separator, text = item.partition("=")
         name = name.strip()
         if not separator or name not in defaults:
+            close = difflib.get_close_matches(name, defaults, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ValueError(
-                f"config_overrides: '{item}' is not 'field=value' with a field of {config_class.__name__}."
+                f"config_overrides: '{item}' is not 'field=value' with a field of {config_class.__name__}.{hint}"
             )
         default = defaults[name]
         if isinstance(default, bool):
