@@ -36,7 +36,7 @@ from hf_hstu.data import (
     read_movielens,
 )
 from hf_hstu.data._progress import PhaseLog, progress
-from hf_hstu.hub.model_card import build_model_card, dataset_display_name
+from hf_hstu.hub.model_card import build_model_card, dataset_display_name, dataset_metadata_id
 from hf_hstu.training.arguments import DataArguments
 from hf_hstu.training.data import load_training_data
 
@@ -317,10 +317,13 @@ def test_the_shared_partial_ml_1m_is_not_published_as_ml_1m(tmp_path):
     # training names the dataset from preprocessing.json, and the model card shows that name
     data = load_training_data(DataArguments(dataset=str(tmp_path / "out")), max_seq_len=50)
     assert data.name == "ml-1m (modified: 865,611 rows, not the official 1,000,209)"
+    dataset_id = dataset_metadata_id(data.metadata, data.reference)  # as the training loop names it for the card
+    assert dataset_id == "ml-1m-modified"
     card = build_model_card(
-        HSTUConfig(num_items=3689).to_dict(), dataset_name=data.name, dataset_id="ml-1m", command="x"
+        HSTUConfig(num_items=3689).to_dict(), dataset_name=data.name, dataset_id=dataset_id, command="x"
     )
     assert "on ml-1m (modified: 865,611 rows, not the official 1,000,209)" in str(card)
+    assert card.data.datasets == ["ml-1m-modified"]
 
 
 @pytest.mark.parametrize("dataset", ["ml-100k", "ml-latest-small"])

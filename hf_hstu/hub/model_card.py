@@ -54,6 +54,14 @@ def dataset_display_name(name: str, metadata: Mapping[str, Any] | None = None) -
     return f"{name} (modified: {rows:,} rows, not the official {official:,})"
 
 
+def dataset_metadata_id(metadata: Mapping[str, Any], default: str) -> str:
+    """The short dataset id of a card's metadata: the dataset's name (`default` when preprocessing.json has none),
+    marked "-modified" when its raw file was not the official one (the card's text says how: `dataset_display_name`).
+    """
+    name = str(metadata.get("dataset", default))
+    return f"{name}-modified" if metadata.get("source_modified") else name
+
+
 def format_duration(seconds: float) -> str:
     """A training time for people: 3725.4 -> "1 h 02 min 05 s"."""
     if not math.isfinite(seconds) or seconds < 0:

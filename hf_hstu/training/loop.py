@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..evaluation.ranking import evaluate_ranking
 from ..hub.dataset_card import preprocessing_command
+from ..hub.model_card import dataset_metadata_id
 from ..hub.push import push_checkpoint, write_run_model_card
 from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
 from .data import TrainingData, load_training_data
@@ -377,7 +378,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
                 protocol=data.protocol_text,
                 model_id=training_args.hub_model_id,
                 command=result.command,
-                dataset_id=_hub_dataset_id(data_args),
+                dataset_id=_hub_dataset_id(data_args) or dataset_metadata_id(data.metadata, data.reference),
             )
             if training_args.push_to_hub:
                 url = push_checkpoint(best_model_dir, training_args.hub_model_id, training_args.hub_private_repo)
