@@ -106,17 +106,14 @@ class RelativeBias(nn.Module):
         self.position_weights = nn.Parameter(torch.empty(2 * spec.max_len - 1)) if spec.use_position_bias else None
         self.time_weights = nn.Parameter(torch.empty(spec.num_buckets + 1)) if spec.use_time_bias else None
 
-    def forward(self, context: HSTUAttentionContext) -> torch.Tensor | None:
-        """The dense bias (B or 1, 1, N, N) of the padded batch of `context`, or None when both parts are off."""
-        seq_len = context.attention_mask.shape[1]
-        bias = None
+    def forward(self, scores: torch.Tensor, context: HSTUAttentionContext) -> torch.Tensor:
+        """Adds the bias in place to the (B, H, N, N) scores of the padded batch of `context`; returns them."""
         if self.position_weights is not None:
-            bias = relative_position_bias(self.position_weights, seq_len)  # (N, N)
+            scores += relative_position_bias(self.position_weights, scores.shape[-1])  # (N, N)
         if self.time_weights is not None:
             buckets = context.time_buckets  # (B, N, N)
-            time_bias = self.time_weights.index_select(0, buckets.flatten()).view_as(buckets)
-            bias = time_bias if bias is None else time_bias + bias
-        return None if bias is None else bias.unsqueeze(-3)
+            scores += self.time_weights.index_select(0, buckets.flatten()).view_as(buckets).unsqueeze(1)
+        return scores
 
     def extra_repr(self) -> str:
         return f"{self.spec}"
@@ -192,10 +189,7 @@ def hstu_attention_forward(
     Returns:
         ((B, N, H, d_v) attention output, None).
     """
-    scores = torch.matmul(query, key.transpose(-1, -2))  # (B, H, N, N), a fresh tensor: the bias is added in place
-    bias = relative_bias(context)
-    if bias is not None:
-        scores += bias
+    scores = relative_bias(torch.matmul(query, key.transpose(-1, -2)), context)  # (B, H, N, N), biased in place
     weights = F.silu(scores).masked_fill_(context.masked_out, 0.0)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=True)
