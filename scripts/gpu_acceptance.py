@@ -13,7 +13,7 @@ passed, 1 on any failure (a failed, crashed or skipped-for-time case), 2 without
 On the project's GPU machine (no network, no `datasets`/`evaluate`): first, here, `python
 scripts/prepare_gpu_bundle.py` (wheels into `.whl/`), then run there, in the repository root, with `.whl` carried:
 
-    start=$SECONDS; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && echo "install: $((SECONDS-start)) s" && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 scripts/gpu_acceptance.py --output $OUT/gpu_acceptance.json 2>&1 | tee $OUT/gpu_acceptance.log; exit ${PIPESTATUS[0]}
+    start=$SECONDS; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && echo "install: $((SECONDS-start)) s" && export PYTHONUNBUFFERED=1 && python3 scripts/gpu_acceptance.py --output $OUT/gpu_acceptance.json 2>&1 | tee $OUT/gpu_acceptance.log; exit ${PIPESTATUS[0]}
 """
 
 from __future__ import annotations
