@@ -24,6 +24,7 @@ Call :func:`run_acceptance` after ``TRITON_INTERPRET`` is decided (this module i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import itertools
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 
 import hf_hstu
-from hf_hstu.benchmarks import attention_inputs, jagged_reference_attention, measure_attention
+from hf_hstu.benchmarks import attention_inputs, attention_runner, jagged_reference_attention, measure_attention
 from hf_hstu.modeling import triton_hstu_attention
 
 SECTIONS = ("correctness", "speed", "training")
@@ -125,6 +127,8 @@ class Plan:
     time_budget_s: float
     training_reserve_s: float
     correctness_share: float = 0.45
+    warm_up_workers: int = 16  # processes compiling the kernels in parallel before the sections (0: none)
+    warm_up_share: float = 0.25
     notes: list[str] = field(default_factory=list)
 
 
@@ -170,6 +174,7 @@ def make_plan(mode: str, time_budget_s: float | None = None, train_num_users: in
             time_budget_s=time_budget_s or 900.0,
             training_reserve_s=300.0,
             correctness_share=0.4,
+            warm_up_workers=2,
             notes=[
                 "cpu-smoke: Triton interpreter, fp16 stands in for bf16 (broken in the interpreter), compile uses "
                 "the aot_eager backend, tiny shapes: this checks the script, not the kernels' speed"
@@ -253,13 +258,17 @@ def _jagged_inputs(case: CorrectnessCase, device: torch.device, seed: int) -> di
     }
 
 
-def _output_and_gradients(attention: Callable, inputs: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The output and the gradients of <output, grad_output> with respect to q, k, v and the tables that are on."""
+def _output_and_gradients(
+    attention: Callable, inputs: dict, dtype: torch.dtype, weights_dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The output and the gradients of <output, grad_output> with respect to q, k, v and the tables that are on
+    (q, k, v in ``dtype``, the tables in ``weights_dtype``, by default ``dtype`` too)."""
     differentiable = {
-        name: inputs[name].detach().to(dtype).requires_grad_()
+        name: inputs[name].detach().to(dtype if name in ("query", "key", "value") else weights_dtype or dtype)
         for name in ("query", "key", "value", "position_weights", "time_weights")
         if inputs[name] is not None
     }
+    differentiable = {name: tensor.requires_grad_() for name, tensor in differentiable.items()}
     arguments = {name: inputs[name] for name in ("query_timestamps", "key_timestamps")}
     output = attention(
         differentiable["query"],
@@ -319,6 +328,158 @@ def check_correctness_case(case: CorrectnessCase, device: torch.device, seed: in
     }
 
 
+def _autotuners() -> list:
+    """The autotuned kernels of the Triton backend (whatever their names)."""
+    from triton.runtime.autotuner import Autotuner
+
+    return [value for value in vars(triton_hstu_attention).values() if isinstance(value, Autotuner)]
+
+
+class _ArbitraryConfigChoice:
+    """A stand-in for an autotuner's benchmark: runs the kernel once (compiling it) and reports a seeded random time,
+    so that each tuning key settles on some config at once, and different keys on different configs."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+
+    def __call__(self, kernel_call: Callable[[], None], quantiles=None) -> list[float]:
+        kernel_call()
+        value = self.random.random()
+        return [value, value, value]
+
+
+@contextlib.contextmanager
+def arbitrary_autotuning(seed: int = 0):
+    """Autotune without timing inside the block (correctness does not care which config is fastest, and timing
+    every config at every key costs minutes); the choices are forgotten on leaving, so timings made later tune."""
+    missing = object()
+    tuners = _autotuners()
+    saved = [vars(tuner).get("do_bench", missing) for tuner in tuners]
+    chooser = _ArbitraryConfigChoice(seed)
+    for tuner in tuners:
+        vars(tuner)["do_bench"] = chooser  # do_bench is a cached_property (or a plain attribute) of the instance
+    try:
+        yield
+    finally:
+        for tuner, previous in zip(tuners, saved, strict=True):
+            if previous is missing:
+                vars(tuner).pop("do_bench", None)
+            else:
+                vars(tuner)["do_bench"] = previous
+            tuner.cache.clear()
+
+
+def _chosen_configs() -> dict[str, str]:
+    return {
+        getattr(tuner, "base_fn", tuner).__name__: str(getattr(tuner, "best_config", None)) for tuner in _autotuners()
+    }
+
+
+# ------------------------------------------------------------------------------------------------- kernel warm-up
+# Triton compiles each autotuning config of each kernel for every specialisation (dtypes, bias flags, head sizes,
+# integers equal to 1 or divisible by 16) on first use, one after the other: minutes for the cases here. Worker
+# processes make the same calls first, in parallel, filling Triton's on-disk cache that the run then loads from.
+
+
+def _warm_up_tasks(plan: Plan) -> list[dict]:
+    tasks, seen = [], set()
+    for case in plan.correctness:
+        longest = max(case.lengths)
+        key = (case.dtype, case.num_heads == 1, case.dqk, case.dv, case.use_position_bias, case.use_time_bias)
+        key += (longest % 16 == 0, (longest + 3) % 16 == 0)
+        if key not in seen:
+            seen.add(key)
+            tasks.append({"kind": "correctness", "case": _case_fields(case)})
+    for case in plan.speed:
+        tasks.append({"kind": "speed", "seq_len": case.seq_len, "num_heads": case.num_heads, "head_dim": case.head_dim})
+        tasks[-1] |= {"tokens": case.tokens, "dtype": str(plan.speed_dtype).removeprefix("torch.")}
+    if plan.device.type == "cuda":  # the model under bf16 autocast: bf16 q, k, v with fp32 tables, 1 head of 50
+        training = CorrectnessCase("training", (200, 150, 37), 1, 50, 50, torch.bfloat16, True, True)
+        tasks.append({"kind": "correctness", "case": _case_fields(training), "weights_dtype": "float32"})
+    return tasks
+
+
+def _case_fields(case: CorrectnessCase) -> dict:
+    return {
+        "batch": case.batch,
+        "lengths": list(case.lengths),
+        "num_heads": case.num_heads,
+        "dqk": case.dqk,
+        "dv": case.dv,
+        "dtype": str(case.dtype).removeprefix("torch."),
+        "use_position_bias": case.use_position_bias,
+        "use_time_bias": case.use_time_bias,
+    }
+
+
+def run_warm_up_task(task: dict, device: str) -> None:
+    """One warm-up call: the kernels forward and backward on the inputs of a case (in a worker process)."""
+    device = torch.device(device)
+    with arbitrary_autotuning():
+        if task["kind"] == "correctness":
+            fields = {**task["case"], "lengths": tuple(task["case"]["lengths"])}
+            case = CorrectnessCase(**{**fields, "dtype": getattr(torch, fields["dtype"])})
+            weights_dtype = getattr(torch, task.get("weights_dtype", fields["dtype"]))
+            inputs = _jagged_inputs(case, device, seed=0)
+            _output_and_gradients(triton_hstu_attention.hstu_attention_jagged, inputs, case.dtype, weights_dtype)
+        else:
+            batch_size = max(task["tokens"] // task["seq_len"], 1)
+            dtype = getattr(torch, task["dtype"])
+            inputs = attention_inputs(
+                batch_size, task["seq_len"], task["num_heads"], task["head_dim"], NUM_BUCKETS, device, dtype
+            )
+            measure_run, differentiable = attention_runner("triton", inputs, NUM_BUCKETS)
+            output = measure_run()
+            torch.autograd.grad(output, differentiable, torch.ones_like(output))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _warm_up_worker_main() -> None:
+    """Entry point of a warm-up process: ``python -c '...' DEVICE TASK_JSON``."""
+    run_warm_up_task(json.loads(sys.argv[2]), sys.argv[1])
+
+
+def run_warm_up(plan: Plan, budget: Budget, deadline_s: float, log: Callable[[str], None]) -> dict:
+    """Run the warm-up tasks in up to ``plan.warm_up_workers`` processes at once until done or the deadline (then
+    they are killed: the run goes on, slower). Not a correctness check: its errors are reported, not failures."""
+    start = budget.elapsed()
+    tasks = _warm_up_tasks(plan)
+    if plan.device.type != "cuda":
+        tasks = tasks[: plan.warm_up_workers]  # the interpreter compiles nothing: the code path alone
+    workers = min(plan.warm_up_workers, len(tasks), os.cpu_count() or 1)
+    code = "from hf_hstu.acceptance import _warm_up_worker_main; _warm_up_worker_main()"
+    pending, running, finished, errors = list(tasks), [], 0, []
+    while (pending or running) and budget.remaining(deadline_s) > 0:
+        while pending and len(running) < workers:
+            task = pending.pop(0)
+            command = [sys.executable, "-c", code, str(plan.device), json.dumps(task)]
+            running.append((task, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        time.sleep(0.1)
+        for task, process in list(running):
+            if process.poll() is not None:
+                running.remove((task, process))
+                finished += 1
+                if process.returncode:
+                    errors.append({"task": task, "stderr_tail": process.stderr.read().decode(errors="replace")[-2000:]})
+                process.stderr.close()
+    for _, process in running:  # out of time
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    result = {
+        "tasks": len(tasks),
+        "workers": workers,
+        "finished": finished,
+        "killed_for_time": len(running),
+        "not_started": len(pending),
+        "errors": errors,
+        "seconds": budget.elapsed() - start,
+    }
+    log(f"warm-up: {finished}/{len(tasks)} tasks in {result['seconds']:.1f} s with {workers} processes")
+    return result
+
+
 def run_correctness(plan: Plan, budget: Budget, deadline_s: float, log: Callable[[str], None]) -> dict:
     start = budget.elapsed()
     cases, skipped = [], []
@@ -328,7 +489,9 @@ def run_correctness(plan: Plan, budget: Budget, deadline_s: float, log: Callable
             break
         case_start = time.monotonic()
         try:
-            result = check_correctness_case(case, plan.device, seed=index)
+            with arbitrary_autotuning(seed=index):
+                result = check_correctness_case(case, plan.device, seed=index)
+                result["kernel_configs"] = _chosen_configs()
         except Exception as error:  # noqa: BLE001 - a crash is a failed case, reported with the others
             result = {"case": case.name, "ok": False, "error": f"{type(error).__name__}: {error}"}
         result["seconds"] = time.monotonic() - case_start
@@ -664,6 +827,8 @@ def run_acceptance(
         )
     training_reserve = plan.training_reserve_s if "training" in sections else 0.0
     results: dict = {}
+    if plan.warm_up_workers and {"correctness", "speed"} & set(sections):
+        report["warm_up"] = run_warm_up(plan, budget, plan.time_budget_s * plan.warm_up_share, log)
     if "correctness" in sections:
         share = plan.correctness_share if "speed" in sections else 1.0
         deadline = min(plan.time_budget_s * share, plan.time_budget_s - training_reserve)

@@ -51,7 +51,7 @@ def two_case_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     def small_plan(*args, **kwargs):
         plan = make_plan(*args, **kwargs)
         first = {case.dtype: case for case in reversed(plan.correctness)}
-        return replace(plan, correctness=[first[torch.float32], first[torch.float16]])
+        return replace(plan, correctness=[first[torch.float32], first[torch.float16]], warm_up_workers=0)
 
     monkeypatch.setattr(acceptance, "make_plan", small_plan)
 
@@ -83,6 +83,8 @@ def test_cpu_smoke_end_to_end(tmp_path: Path) -> None:
     assert report["ok"] and report["failures"] == []
     sections = report["sections"]
     assert set(sections) == {"correctness", "speed", "training"}
+    warm_up = report["warm_up"]
+    assert warm_up["tasks"] == warm_up["finished"] == 2 and warm_up["errors"] == [], warm_up
 
     correctness = sections["correctness"]
     assert correctness["ok"] and correctness["skipped_for_time"] == []
