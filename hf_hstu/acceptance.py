@@ -230,19 +230,45 @@ class Budget:
 # ----------------------------------------------------------------------------------------------------- correctness
 
 
+def bucket_safe_timestamps(
+    generator: torch.Generator, size: int = 64, margin: float = 1e-3, max_rounds: int = 10_000
+) -> torch.Tensor:
+    """``size`` sorted unix-second timestamps whose every pairwise gap lies at least ``margin`` (in bucket units)
+    from a bucket boundary of ``floor(ln(gap) / divisor)``, up to the last bucket.
+
+    The kernels and the reference compute that logarithm in float32 with different implementations: a gap within an
+    ulp of a boundary may land in neighbouring buckets, which changes a score by a whole table entry. Drawing every
+    timestamp from this pool keeps the comparison exact in that respect. The gaps between consecutive values are
+    log-uniform from 1 s to ~15 years, and a few of ~3e9 years reach the clamp of the last bucket.
+    """
+    steps = torch.exp(20 * torch.rand(size, generator=generator)).long()
+    steps[torch.randperm(size, generator=generator)[:2]] = 10**17
+    values = 1_000_000_000 + steps.cumsum(0)
+    for _ in range(max_rounds):
+        gaps = (values[:, None] - values[None, :]).abs().clamp(min=1).double()
+        position = gaps.log() / BUCKET_DIVISOR
+        near = ((position - position.round()).abs() < margin) & (position > 0.5) & (position < NUM_BUCKETS + 0.5)
+        if not near.any():
+            return values.sort().values
+        index = int(near.nonzero()[0, 0])
+        values[index] += int(torch.randint(1, 1000, (1,), generator=generator))  # nudge one end of the pair
+    raise RuntimeError(f"no bucket-safe timestamps after {max_rounds} rounds")
+
+
 def _jagged_inputs(case: CorrectnessCase, device: torch.device, seed: int) -> dict:
-    """Ragged random inputs of ``hstu_attention_jagged``: realistic unix-second timestamps with log-uniform gaps of
-    1 s to years, and a few gaps of ~3e9 years so that the last bucket's clamp is reached."""
+    """Ragged random inputs of ``hstu_attention_jagged``; timestamps from :func:`bucket_safe_timestamps` (keys
+    in time order within a sequence, queries anywhere in the pool: gaps of both signs)."""
     generator = torch.Generator().manual_seed(seed)
     total, max_len = sum(case.lengths), max(case.lengths)
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (scale * torch.randn(*shape, generator=generator)).to(device=device, dtype=case.dtype)
 
-    gaps = torch.exp(20 * torch.rand(total, generator=generator)).long()
-    gaps[torch.randperm(total, generator=generator)[: max(total // 1000, 1)]] = 10**17
-    key_timestamps = 1_000_000_000 + gaps.cumsum(0)
-    query_timestamps = key_timestamps.roll(-1) + torch.randint(-300, 300, (total,), generator=generator)
+    pool = bucket_safe_timestamps(generator)
+    key_timestamps = torch.cat(
+        [pool[torch.randint(0, len(pool), (length,), generator=generator)].sort().values for length in case.lengths]
+    )
+    query_timestamps = pool[torch.randint(0, len(pool), (total,), generator=generator)]
     offsets = torch.tensor([0, *itertools.accumulate(case.lengths)])
     return {
         "query": randn(total, case.num_heads, case.dqk, scale=0.5),

@@ -377,3 +377,14 @@ def test_quick_run_on_a_gpu(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-5000:]
     report = json.loads(output.read_text())
     assert report["ok"] and report["mode"] == "quick"
+
+
+def test_bucket_safe_timestamps_agree_in_float32_and_float64() -> None:
+    from hf_hstu.modeling.hstu_attention import time_bucket_ids
+
+    values = acceptance.bucket_safe_timestamps(torch.Generator().manual_seed(0))
+    gaps = (values[:, None] - values[None, :]).abs().clamp(min=1).double()
+    exact = (gaps.log() / acceptance.BUCKET_DIVISOR).floor().clamp(0, acceptance.NUM_BUCKETS).long()
+    buckets = time_bucket_ids(values[None, :], values[None, :], acceptance.NUM_BUCKETS, acceptance.BUCKET_DIVISOR)
+    assert torch.equal(buckets[0], exact)
+    assert buckets.unique().numel() > 30 and buckets.max() == acceptance.NUM_BUCKETS  # many buckets, the clamp too
