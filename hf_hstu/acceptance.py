@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +93,14 @@ class CorrectnessCase:
     dtype: torch.dtype
     use_position_bias: bool
     use_time_bias: bool
+    weights_dtype: torch.dtype | None = None  # the bias tables' dtype when not ``dtype`` (the model under autocast)
 
     @property
     def name(self) -> str:
         biases = "+".join(name for name, on in (("pos", self.use_position_bias), ("time", self.use_time_bias)) if on)
         dtype = str(self.dtype).removeprefix("torch.")
+        if self.weights_dtype is not None:
+            dtype += f" ({str(self.weights_dtype).removeprefix('torch.')} tables)"
         return f"{dtype} {biases or 'no-bias'} {self.num_heads}x{self.dqk}/{self.dv} {self.batch}"
 
 
@@ -139,7 +142,8 @@ def _correctness_cases(
     preset_shape: tuple[int, int, int],
     preset_batches: tuple[str, ...],
 ) -> list[CorrectnessCase]:
-    """Every bias combination on every batch for the main head shape; both biases for the preset's head shape."""
+    """Every bias combination on every batch for the main head shape; both biases for the preset's head shape, and,
+    in half precision, also with float32 tables (as the model runs under autocast)."""
     cases = []
     for dtype in dtypes:
         for (position, time_bias), (batch, lengths) in itertools.product(
@@ -148,6 +152,8 @@ def _correctness_cases(
             cases.append(CorrectnessCase(batch, tuple(lengths), *main_shape, dtype, position, time_bias))
         for batch in preset_batches:
             cases.append(CorrectnessCase(batch, tuple(batches[batch]), *preset_shape, dtype, True, True))
+            if dtype != torch.float32:
+                cases.append(replace(cases[-1], weights_dtype=torch.float32))
     return cases
 
 
@@ -331,7 +337,8 @@ def check_correctness_case(case: CorrectnessCase, device: torch.device, seed: in
     """One case: the kernels (in the case's dtype) against the float64 reference on the same rounded inputs."""
     inputs = _jagged_inputs(case, device, seed)
     # looked up at call time, so that a test can substitute a faulty kernel
-    actual = _output_and_gradients(triton_hstu_attention.hstu_attention_jagged, inputs, case.dtype)
+    kernel = triton_hstu_attention.hstu_attention_jagged
+    actual = _output_and_gradients(kernel, inputs, case.dtype, case.weights_dtype)
     expected = _output_and_gradients(jagged_reference_attention, inputs, torch.float64)
     tolerance = TOLERANCES[case.dtype]
     tensors = {name: compare(actual[name], expected[name]) for name in expected}
@@ -341,6 +348,7 @@ def check_correctness_case(case: CorrectnessCase, device: torch.device, seed: in
         "case": case.name,
         "ok": ok,
         "dtype": str(case.dtype).removeprefix("torch."),
+        "weights_dtype": str(case.weights_dtype or case.dtype).removeprefix("torch."),
         "lengths": list(case.lengths),
         "num_heads": case.num_heads,
         "dqk": case.dqk,
@@ -408,20 +416,25 @@ def _chosen_configs() -> dict[str, str]:
 
 
 def _warm_up_tasks(plan: Plan) -> list[dict]:
-    tasks, seen = [], set()
-    for case in plan.correctness:
-        longest = max(case.lengths)
-        key = (case.dtype, case.num_heads == 1, case.dqk, case.dv, case.use_position_bias, case.use_time_bias)
-        key += (longest % 16 == 0, (longest + 3) % 16 == 0)
-        if key not in seen:
-            seen.add(key)
-            tasks.append({"kind": "correctness", "case": _case_fields(case)})
+    """One task per kernel specialisation that the sections will meet, the longest (with inductor) first."""
+    tasks = []
     for case in plan.speed:
         tasks.append({"kind": "speed", "seq_len": case.seq_len, "num_heads": case.num_heads, "head_dim": case.head_dim})
         tasks[-1] |= {"tokens": case.tokens, "dtype": str(plan.speed_dtype).removeprefix("torch.")}
+        tasks[-1] |= {"backends": [b for b in plan.backends if b != "eager"], "compile_backend": plan.compile_backend}
     if plan.device.type == "cuda":  # the model under bf16 autocast: bf16 q, k, v with fp32 tables, 1 head of 50
-        training = CorrectnessCase("training", (200, 150, 37), 1, 50, 50, torch.bfloat16, True, True)
-        tasks.append({"kind": "correctness", "case": _case_fields(training), "weights_dtype": "float32"})
+        for lengths in ((200, 150, 37), (192, 100)):  # batches whose longest sequence is or is not a multiple of 16
+            training = CorrectnessCase("training", lengths, 1, 50, 50, torch.bfloat16, True, True, torch.float32)
+            tasks.append({"kind": "correctness", "case": _case_fields(training)})
+    seen = set()
+    for case in plan.correctness:
+        longest = max(case.lengths)
+        key = (case.dtype, case.weights_dtype, case.num_heads == 1, case.dqk, case.dv)
+        key += (case.use_position_bias, case.use_time_bias)
+        key += (longest % 16 == 0, (longest + 3) % 16 == 0)  # Triton specialises integers divisible by 16
+        if key not in seen:
+            seen.add(key)
+            tasks.append({"kind": "correctness", "case": _case_fields(case)})
     return tasks
 
 
@@ -435,6 +448,7 @@ def _case_fields(case: CorrectnessCase) -> dict:
         "dtype": str(case.dtype).removeprefix("torch."),
         "use_position_bias": case.use_position_bias,
         "use_time_bias": case.use_time_bias,
+        "weights_dtype": None if case.weights_dtype is None else str(case.weights_dtype).removeprefix("torch."),
     }
 
 
@@ -443,20 +457,28 @@ def run_warm_up_task(task: dict, device: str) -> None:
     device = torch.device(device)
     with arbitrary_autotuning():
         if task["kind"] == "correctness":
-            fields = {**task["case"], "lengths": tuple(task["case"]["lengths"])}
-            case = CorrectnessCase(**{**fields, "dtype": getattr(torch, fields["dtype"])})
-            weights_dtype = getattr(torch, task.get("weights_dtype", fields["dtype"]))
+            fields = task["case"]
+            weights_dtype = fields["weights_dtype"] and getattr(torch, fields["weights_dtype"])
+            case = CorrectnessCase(
+                **fields | {"lengths": tuple(fields["lengths"]), "dtype": getattr(torch, fields["dtype"])},
+            )
+            case = replace(case, weights_dtype=weights_dtype)
             inputs = _jagged_inputs(case, device, seed=0)
-            _output_and_gradients(triton_hstu_attention.hstu_attention_jagged, inputs, case.dtype, weights_dtype)
+            _output_and_gradients(triton_hstu_attention.hstu_attention_jagged, inputs, case.dtype, case.weights_dtype)
         else:
             batch_size = max(task["tokens"] // task["seq_len"], 1)
             dtype = getattr(torch, task["dtype"])
             inputs = attention_inputs(
                 batch_size, task["seq_len"], task["num_heads"], task["head_dim"], NUM_BUCKETS, device, dtype
             )
-            measure_run, differentiable = attention_runner("triton", inputs, NUM_BUCKETS)
-            output = measure_run()
-            torch.autograd.grad(output, differentiable, torch.ones_like(output))
+            # the same calls as measure_attention: inference, then training; "compile" fills inductor's caches
+            for backend in task["backends"]:
+                run, differentiable = attention_runner(backend, inputs, NUM_BUCKETS, task["compile_backend"])
+                with torch.no_grad():
+                    run()
+                output = run()
+                torch.autograd.grad(output, differentiable, torch.ones_like(output))
+                del output
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

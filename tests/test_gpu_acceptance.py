@@ -89,9 +89,13 @@ def test_cpu_smoke_end_to_end(tmp_path: Path) -> None:
     correctness = sections["correctness"]
     assert correctness["ok"] and correctness["skipped_for_time"] == []
     cases = correctness["cases"]
-    assert len(cases) == len(acceptance.make_plan("cpu-smoke").correctness) == 10
+    assert len(cases) == len(acceptance.make_plan("cpu-smoke").correctness) == 11
     assert {(c["position_bias"], c["time_bias"]) for c in cases} == {(p, t) for p in (True, False) for t in (1, 0)}
-    assert {c["dtype"] for c in cases} == {"float32", "float16"}
+    assert {(c["dtype"], c["weights_dtype"]) for c in cases} == {
+        ("float32", "float32"),
+        ("float16", "float16"),
+        ("float16", "float32"),  # as the model runs under autocast
+    }
     both = next(c for c in cases if c["position_bias"] and c["time_bias"])
     assert set(both["tensors"]) == {"output", "d_query", "d_key", "d_value", "d_position_weights", "d_time_weights"}
     neither = next(c for c in cases if not c["position_bias"] and not c["time_bias"])
@@ -158,7 +162,7 @@ def test_over_the_time_budget_skips_and_fails(tmp_path: Path) -> None:
     report = json.loads(output.read_text())
     assert code == 1 and not report["ok"]
     assert report["sections"]["correctness"]["cases"] == []
-    assert len(report["sections"]["correctness"]["skipped_for_time"]) == 10
+    assert len(report["sections"]["correctness"]["skipped_for_time"]) == 11
     assert report["sections"]["speed"]["skipped_for_time"] == ["tiny triton", "tiny eager", "tiny compile"]
     assert any("skipped for lack of time" in failure for failure in report["failures"])
 
