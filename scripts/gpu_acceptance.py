@@ -1,6 +1,6 @@
 """GPU acceptance run: Triton kernel correctness (fp32 and bf16, lengths 1..4096, every bias combination, outputs
 and all gradients), attention speed (triton vs eager vs torch.compile, bf16, ~64k tokens, TFLOP/s, ms, peak memory)
-and one ml-1m-hstu epoch through `accelerate launch --mixed_precision bf16`, in one time budget (default 450 s).
+and one ml-1m-hstu epoch through `accelerate launch --mixed_precision bf16`, in one time budget (default 420 s).
 
 Prints the JSON report on stdout (and to `--output FILE`) and a short table on stderr; exits 0 when everything
 passed, 1 on any failure (a failed, crashed or skipped-for-time case), 2 without CUDA. See `hf_hstu.acceptance`.
@@ -41,7 +41,7 @@ class AcceptanceArguments:
     dry_run: bool = field(default=False, metadata={"help": "The same as --cpu_smoke."})
     output: str | None = field(default=None, metadata={"help": "Also write the JSON report to this file."})
     time_budget_s: float | None = field(
-        default=None, metadata={"help": "Global budget in seconds (default 450; 900 with --cpu_smoke)."}
+        default=None, metadata={"help": "Global budget in seconds (default 420; 900 with --cpu_smoke)."}
     )
     sections: list[str] = field(
         default_factory=lambda: ["correctness", "speed", "training"], metadata={"help": "Sections to run."}

@@ -264,7 +264,7 @@ def test_plans_cover_the_issue() -> None:
     shapes = {(case.seq_len, case.num_heads, case.head_dim) for case in full.speed}
     assert shapes == {(200, 1, 50), (256, 4, 128), (1024, 4, 128), (2048, 4, 128), (4096, 4, 128)}
     assert full.speed_dtype == torch.bfloat16 and full.backends == ("triton", "eager", "compile")
-    assert full.time_budget_s == 450.0 and full.train_num_users == 6040
+    assert full.time_budget_s == 420.0 and full.train_num_users == 6040
     assert acceptance.make_plan("quick").train_num_users == 1000
     with pytest.raises(ValueError, match="unknown mode"):
         acceptance.make_plan("fast")
