@@ -504,25 +504,32 @@ def run_warm_up(plan: Plan, budget: Budget, deadline_s: float, log: Callable[[st
     if plan.device.type != "cuda":
         tasks = tasks[: plan.warm_up_workers]  # the interpreter compiles nothing: the code path alone
     workers = min(plan.warm_up_workers, len(tasks), os.cpu_count() or 1)
-    code = "from hf_hstu.acceptance import _warm_up_worker_main; _warm_up_worker_main()"
+    # the workers import the hf_hstu this process runs (not one that their working directory would shadow it with)
+    package_parent = str(Path(hf_hstu.__file__).resolve().parent.parent)
+    code = (
+        f"import sys; sys.path.insert(0, {package_parent!r}); import hf_hstu.acceptance as a; a._warm_up_worker_main()"
+    )
     pending, running, finished, errors = list(tasks), [], 0, []
     while (pending or running) and budget.remaining(deadline_s) > 0:
         while pending and len(running) < workers:
-            task = pending.pop(0)
+            task, log_file = pending.pop(0), tempfile.TemporaryFile()  # a file: a full pipe would block a worker
             command = [sys.executable, "-c", code, str(plan.device), json.dumps(task)]
-            running.append((task, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file)
+            running.append((task, process, log_file))
         time.sleep(0.1)
-        for task, process in list(running):
+        for entry in list(running):
+            task, process, log_file = entry
             if process.poll() is not None:
-                running.remove((task, process))
+                running.remove(entry)
                 finished += 1
                 if process.returncode:
-                    errors.append({"task": task, "stderr_tail": process.stderr.read().decode(errors="replace")[-2000:]})
-                process.stderr.close()
-    for _, process in running:  # out of time
+                    log_file.seek(0)
+                    errors.append({"task": task, "stderr_tail": log_file.read().decode(errors="replace")[-2000:]})
+                log_file.close()
+    for _, process, log_file in running:  # out of time
         process.kill()
         process.wait()
-        process.stderr.close()
+        log_file.close()
     result = {
         "tasks": len(tasks),
         "workers": workers,

@@ -392,3 +392,14 @@ def test_bucket_safe_timestamps_agree_in_float32_and_float64() -> None:
     buckets = time_bucket_ids(values[None, :], values[None, :], acceptance.NUM_BUCKETS, acceptance.BUCKET_DIVISOR)
     assert torch.equal(buckets[0], exact)
     assert buckets.unique().numel() > 30 and buckets.max() == acceptance.NUM_BUCKETS  # many buckets, the clamp too
+
+
+def test_warm_up_reports_failed_and_killed_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-up processes are an optimisation: a crash is reported with its error, a straggler killed at the deadline."""
+    plan = acceptance.make_plan("cpu-smoke")
+    monkeypatch.setattr(acceptance, "_warm_up_tasks", lambda plan: [{"kind": "correctness", "case": {}}])
+    failed = acceptance.run_warm_up(plan, acceptance.Budget(600), 300, log=lambda message: None)
+    assert failed["finished"] == 1 and "KeyError" in failed["errors"][0]["stderr_tail"]
+    monkeypatch.setattr(acceptance, "_warm_up_tasks", lambda plan: [{"kind": "speed"}] * 2)
+    killed = acceptance.run_warm_up(plan, acceptance.Budget(600), 0.3, log=lambda message: None)
+    assert killed["killed_for_time"] == 2 and killed["finished"] == 0 and killed["seconds"] < 10
