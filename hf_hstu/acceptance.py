@@ -931,6 +931,12 @@ def run_acceptance(
 def summary_table(report: dict) -> str:
     """A short plain-text table of a report."""
     lines = [f"{'section':<12} {'case':<44} result"]
+    warm_up = report.get("warm_up")
+    if warm_up:
+        lines.append(
+            f"{'warm-up':<12} {'kernel compilation, parallel processes':<44} {warm_up['finished']}/{warm_up['tasks']} "
+            f"tasks in {warm_up['seconds']:.0f} s ({warm_up['killed_for_time']} killed, {len(warm_up['errors'])} errors)"
+        )
     sections = report.get("sections", {})
     for section_name in ("correctness",):
         section = sections.get(section_name)

@@ -191,6 +191,7 @@ def test_summary_table_names_every_section_and_failure() -> None:
     report = {
         "mode": "full",
         "ok": False,
+        "warm_up": {"finished": 20, "tasks": 26, "seconds": 80.0, "killed_for_time": 6, "errors": []},
         "elapsed_s": 12.0,
         "failures": ["speed: skipped for lack of time ['N=4096 compile']"],
         "sections": {
@@ -224,6 +225,7 @@ def test_summary_table_names_every_section_and_failure() -> None:
     table = acceptance.summary_table(report)
     assert "1/1 ok" in table and "210.0 TF" in table and "out of memory" in table and "met True" in table
     assert "900 MiB" in table and table.splitlines()[-1].startswith("FAILURE: speed")
+    assert "20/26 tasks in 80 s (6 killed, 0 errors)" in table
 
 
 def test_time_function_on_cpu() -> None:
