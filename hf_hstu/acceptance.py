@@ -934,8 +934,9 @@ def summary_table(report: dict) -> str:
     warm_up = report.get("warm_up")
     if warm_up:
         lines.append(
-            f"{'warm-up':<12} {'kernel compilation, parallel processes':<44} {warm_up['finished']}/{warm_up['tasks']} "
-            f"tasks in {warm_up['seconds']:.0f} s ({warm_up['killed_for_time']} killed, {len(warm_up['errors'])} errors)"
+            f"{'warm-up':<12} {'kernel compilation, parallel processes':<44} "
+            f"{warm_up['finished']}/{warm_up['tasks']} tasks in {warm_up['seconds']:.0f} s "
+            f"({warm_up['killed_for_time']} killed, {len(warm_up['errors'])} errors)"
         )
     sections = report.get("sections", {})
     for section_name in ("correctness",):
@@ -958,7 +959,8 @@ def summary_table(report: dict) -> str:
     speed = sections.get("speed")
     if speed:
         for row in speed["results"]:
-            label = f"{row['case']} B={row['batch_size']} N={row['seq_len']} {row['num_heads']}x{row['head_dim']} {row['backend']}"
+            shape = f"B={row['batch_size']} N={row['seq_len']} {row['num_heads']}x{row['head_dim']}"
+            label = f"{row['case']} {shape} {row['backend']}"
             cells = []
             for part, short in (("forward", "fwd"), ("forward_backward", "fwd+bwd")):
                 if f"{part}_ms" in row:
@@ -979,15 +981,16 @@ def summary_table(report: dict) -> str:
             lines.append(f"{'speed':<12} {'skipped for lack of time':<44} {speed['skipped_for_time']}")
     training = sections.get("training")
     if training:
-        memory = training.get("peak_gpu_memory_mib")
+        memory, train_seconds = training.get("peak_gpu_memory_mib"), training.get("train_seconds")
+        memory_text = "n/a" if memory is None else f"{memory:.0f} MiB"
+        train_text = "n/a" if train_seconds is None else f"{train_seconds:.1f} s"
         lines.append(
             f"{'training':<12} {'ml-1m-hstu, 1 epoch, bf16, accelerate':<44} "
             f"{'ok' if training['ok'] else 'FAILED'}, {training.get('wall_seconds', 0):.1f} s wall, "
-            f"train {training.get('train_seconds')} s, peak {memory if memory is None else f'{memory:.0f} MiB'}"
+            f"train {train_text}, peak {memory_text}"
         )
-    lines.append(
-        f"{'total':<12} {report.get('mode', ''):<44} {'OK' if report.get('ok') else 'FAILED'} in {report.get('elapsed_s', 0):.0f} s"
-    )
+    verdict = "OK" if report.get("ok") else "FAILED"
+    lines.append(f"{'total':<12} {report.get('mode', ''):<44} {verdict} in {report.get('elapsed_s', 0):.0f} s")
     for failure in report.get("failures", []):
         lines.append(f"FAILURE: {failure}")
     return "\n".join(lines)

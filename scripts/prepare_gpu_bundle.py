@@ -2,7 +2,7 @@
 own wheel, into `.whl/` (ignored by git; emptied first). See `hf_hstu.gpu_bundle` for what is carried and why.
 
     python scripts/prepare_gpu_bundle.py                      # datasets, evaluate, dill, multiprocess, fsspec, hf_hstu
-    python scripts/prepare_gpu_bundle.py --with_pyarrow true  # also pyarrow (if the image's is older than datasets needs)
+    python scripts/prepare_gpu_bundle.py --with_pyarrow true  # also pyarrow (the image's older than datasets needs)
     python scripts/prepare_gpu_bundle.py --print_only true    # the commands, without running them
 
 Then run the device command printed at the end (the docstring of `scripts/gpu_acceptance.py` has it too) with
