@@ -306,7 +306,9 @@ def measure_attention(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             result[f"{name}_first_call_s"] = time.perf_counter() - start
-            result[f"{name}_peak_memory_mib"] = peak_memory_mib(function, device)
+            memory = peak_memory_mib(function, device)
+            if memory is not None:  # GPU only
+                result[f"{name}_peak_memory_mib"] = memory
             timing = time_function(function, device, repeat_ms=repeat_ms, min_repeats=min_repeats)
         except torch.cuda.OutOfMemoryError:
             result[f"{name}_error"] = "out of memory"
