@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from hf_hstu.acceptance import report_json, run_acceptance, summary_table
 
-    report = run_acceptance(
-        "cpu-smoke" if smoke else "quick" if args.quick else "full",
-        CHECKOUT,
-        sections=tuple(args.sections),
-        time_budget_s=args.time_budget_s,
-        train_num_users=args.train_num_users,
-    )
+    mode = "cpu-smoke" if smoke else "quick" if args.quick else "full"
+    try:
+        report = run_acceptance(
+            mode,
+            CHECKOUT,
+            sections=tuple(args.sections),
+            time_budget_s=args.time_budget_s,
+            train_num_users=args.train_num_users,
+        )
+    except Exception as error:  # noqa: BLE001 - a crash of the run itself is still a JSON report, and exit code 1
+        report = {"mode": mode, "ok": False, "failures": [f"crash: {error!r}"], "traceback": traceback.format_exc()}
     text = report_json(report)
     print(text, flush=True)
     if args.output:

@@ -405,3 +405,16 @@ def test_warm_up_reports_failed_and_killed_workers(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(acceptance, "_warm_up_tasks", lambda plan: [{"kind": "speed"}] * 2)
     killed = acceptance.run_warm_up(plan, acceptance.Budget(600), 0.3, log=lambda message: None)
     assert killed["killed_for_time"] == 2 and killed["finished"] == 0 and killed["seconds"] < 10
+
+
+def test_a_crash_of_the_run_is_still_a_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(acceptance, "run_acceptance", crash)
+    output = tmp_path / "report.json"
+    assert _load_script("gpu_acceptance").main(["--cpu_smoke", "--output", str(output)]) == 1
+    report = json.loads(output.read_text())
+    assert (
+        not report["ok"] and report["failures"] == ["crash: OSError('disk full')"] and "OSError" in report["traceback"]
+    )
