@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from recommender_testing import TINY_TRAINING_ARGUMENTS, save_tiny_dataset
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -218,3 +219,24 @@ def test_resumed_run_reports_its_total_training_time(tmp_path, tiny_dataset, mon
     assert saved["train_seconds"] == 10.0  # the training time up to that checkpoint
     resumed = run(tmp_path, tiny_dataset, "--num_epochs", "2", "--resume_from_checkpoint", "latest")
     assert resumed.train_seconds == 10.0 + 20.0  # before the resume, then start 30 to end 50 of this session
+
+
+def test_mixed_precision_follows_the_launcher_unless_given(tmp_path, tiny_dataset, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION; the flag's default must not
+    override it (it did: the run trained in fp32)."""
+    seen = []
+
+    class RecordingAccelerator(loop.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.mixed_precision)
+
+    monkeypatch.setattr(loop, "Accelerator", RecordingAccelerator)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    try:
+        for name, flags in (("launcher", ()), ("flag", ("--mixed_precision", "no"))):
+            AcceleratorState._reset_state(reset_partial_state=True)  # one precision per process, as in a launch
+            run(tmp_path, tiny_dataset, "--max_steps", "1", *flags, name=name)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert seen == ["bf16", "no"]

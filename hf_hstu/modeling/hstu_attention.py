@@ -68,6 +68,22 @@ def relative_position_bias(position_weights: torch.Tensor, seq_len: int) -> torc
     return position_weights[max_len - 1 + positions.unsqueeze(0) - positions.unsqueeze(1)]
 
 
+def add_relative_bias(
+    scores: torch.Tensor,
+    context: HSTUAttentionContext,
+    position_weights: torch.Tensor | None,
+    time_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """Adds ``w_p[N_max - 1 + j - i] + w_t[bucket_ij]`` in place to (B, H, N, N) scores (each part when its weights
+    are given; the buckets come from `context`) and returns them."""
+    if position_weights is not None:
+        scores += relative_position_bias(position_weights, scores.shape[-1])  # (N, N)
+    if time_weights is not None:
+        buckets = context.time_buckets  # (B, N, N)
+        scores += time_weights.index_select(0, buckets.flatten()).view_as(buckets).unsqueeze(1)
+    return scores
+
+
 @dataclass(frozen=True)
 class RelativeBiasSpec:
     """What the relative bias of every layer of a model is: which parts are on, the table sizes, the bucketing."""
@@ -108,12 +124,7 @@ class RelativeBias(nn.Module):
 
     def forward(self, scores: torch.Tensor, context: HSTUAttentionContext) -> torch.Tensor:
         """Adds the bias in place to the (B, H, N, N) scores of the padded batch of `context`; returns them."""
-        if self.position_weights is not None:
-            scores += relative_position_bias(self.position_weights, scores.shape[-1])  # (N, N)
-        if self.time_weights is not None:
-            buckets = context.time_buckets  # (B, N, N)
-            scores += self.time_weights.index_select(0, buckets.flatten()).view_as(buckets).unsqueeze(1)
-        return scores
+        return add_relative_bias(scores, context, self.position_weights, self.time_weights)
 
     def extra_repr(self) -> str:
         return f"{self.spec}"
@@ -160,6 +171,41 @@ class HSTUAttentionContext:
         )
 
 
+def eager_hstu_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context: HSTUAttentionContext,
+    *,
+    normalization: float,
+    position_weights: torch.Tensor | None = None,
+    time_weights: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """The reference computation on right-padded tensors, differentiable in q, k, v and both weight tables.
+
+    Args:
+        query: (B, H, N, d_qk).
+        key: (B, H, N, d_qk).
+        value: (B, H, N, d_v).
+        context: the `HSTUAttentionContext` of the batch (its mask and, with the time bias, its time buckets).
+        normalization: the fixed length ``n`` that divides SiLU(s).
+        position_weights: (2 N_max - 1,) position bias table, or None when that part is off.
+        time_weights: (num_buckets + 1,) time bias table, or None when that part is off.
+        dropout: dropout on the attention weights (training only).
+
+    Returns:
+        (B, N, H, d_v) attention output.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2))  # (B, H, N, N), a fresh tensor: the bias is added in place
+    scores = add_relative_bias(scores, context, position_weights, time_weights)
+    weights = F.silu(scores).masked_fill_(context.masked_out, 0.0)
+    if dropout > 0.0:
+        weights = F.dropout(weights, p=dropout, training=True)
+    attn_output = torch.matmul(weights, value) / normalization  # (B, H, N, d_v); dividing here is N/d times cheaper
+    return attn_output.transpose(1, 2).contiguous()
+
+
 def hstu_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -173,28 +219,29 @@ def hstu_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Reference HSTU attention on right-padded tensors (the "eager" backend).
+    """The "eager" backend: `eager_hstu_attention` with the layer's `RelativeBias`, in the backends' signature.
 
     Args:
         module: the calling attention module (unused; part of the AttentionInterface signature).
-        query: (B, H, N, d_qk).
-        key: (B, H, N, d_qk).
-        value: (B, H, N, d_v).
-        attention_mask: (B, N) bool, True for real tokens; every row is right-padded (a prefix of True).
-        context: the forward pass's `HSTUAttentionContext` (its mask and time buckets are used).
+        query, key, value: (B, H, N, d) right-padded.
+        attention_mask: (B, N) bool, True for real tokens (also in `context`).
+        context: the forward pass's `HSTUAttentionContext`.
         relative_bias: the layer's `RelativeBias`.
-        normalization: the fixed length ``n`` that divides SiLU(s).
-        dropout: dropout on the attention weights (training only).
 
     Returns:
         ((B, N, H, d_v) attention output, None).
     """
-    scores = relative_bias(torch.matmul(query, key.transpose(-1, -2)), context)  # (B, H, N, N), biased in place
-    weights = F.silu(scores).masked_fill_(context.masked_out, 0.0)
-    if dropout > 0.0:
-        weights = F.dropout(weights, p=dropout, training=True)
-    attn_output = torch.matmul(weights, value) / normalization  # (B, H, N, d_v); dividing here is N/d times cheaper
-    return attn_output.transpose(1, 2).contiguous(), None
+    output = eager_hstu_attention(
+        query,
+        key,
+        value,
+        context,
+        normalization=normalization,
+        position_weights=relative_bias.position_weights,
+        time_weights=relative_bias.time_weights,
+        dropout=dropout,
+    )
+    return output, None
 
 
 # Backend name -> the context class that prepares its per-forward state and says where it runs.

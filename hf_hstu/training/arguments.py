@@ -113,7 +113,12 @@ class RecTrainingArguments:
     weight_decay: float = field(default=0.0)
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm."})
     gradient_accumulation_steps: int = field(default=1)
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (bf16 on GPUs)."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no, bf16 or fp16 (bf16 on GPUs); unset: as `accelerate launch` (or its config) says, else no."
+        },
+    )
     seed: int = field(default=42)
     attn_implementation: str | None = field(
         default=None,
