@@ -140,8 +140,8 @@ class HSTUAttentionContext:
 
     backend: str  # the registered attention function the layers call
     attention_mask: torch.Tensor  # (B, N) bool, True for real tokens, right-padded
-    key_timestamps: torch.Tensor  # (B, N) int64 time of each token's event
-    query_timestamps: torch.Tensor  # (B, N) int64 time of the event each position predicts
+    key_timestamps: torch.Tensor | None  # (B, N) int64 time of each token's event
+    query_timestamps: torch.Tensor | None  # (B, N) int64 time of the event each position predicts
     time_buckets: torch.Tensor | None = None  # (B, N, N) int64, with the time bias
     masked_out: torch.Tensor | None = None  # (B, 1, N, N) bool: pairs that contribute nothing (future or padding)
 
@@ -155,10 +155,12 @@ class HSTUAttentionContext:
         cls,
         backend: str,
         attention_mask: torch.Tensor,
-        key_timestamps: torch.Tensor,
-        query_timestamps: torch.Tensor,
+        key_timestamps: torch.Tensor | None,
+        query_timestamps: torch.Tensor | None,
         spec: RelativeBiasSpec,
     ) -> HSTUAttentionContext:
+        """The context of a right-padded batch for `backend`: (B, N) mask and (B, N) int64 timestamps (which may be
+        None when `spec` has no time bias), with the per-batch state that backend needs."""
         seq_len = attention_mask.shape[1]
         causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=attention_mask.device).tril()
         return cls(

@@ -709,8 +709,8 @@ class JaggedAttentionContext(HSTUAttentionContext):
         cls,
         backend: str,
         attention_mask: torch.Tensor,
-        key_timestamps: torch.Tensor,
-        query_timestamps: torch.Tensor,
+        key_timestamps: torch.Tensor | None,
+        query_timestamps: torch.Tensor | None,
         spec: RelativeBiasSpec,
     ) -> JaggedAttentionContext:
         token_mask = attention_mask.bool()
