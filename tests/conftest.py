@@ -39,13 +39,14 @@ def _in_process_settings(endpoint: str, hf_home: Path) -> list[tuple[object, str
 
     `huggingface_hub.constants` and `datasets.config` compute the endpoint, cache folders and offline flag when first
     imported, and `huggingface_hub.hf_api.api` (behind `huggingface_hub.upload_file` & co.) keeps the endpoint it was
-    built with, so they are patched here (after importing them, if this process had not yet). transformers reads
+    built with, as does transformers' shared `HfApi`, so they are patched here (after importing them, if this process had not yet). transformers reads
     these through `huggingface_hub.constants`, except its dynamic-modules cache (`trust_remote_code`), which also
     lives in `sys.path` and `sys.modules`: load remote code in a subprocess to isolate it.
     """
     import datasets.config
     import huggingface_hub.constants as hub_constants
     import huggingface_hub.hf_api
+    import transformers.utils.hub as transformers_hub
 
     hub_cache = hf_home / "hub"
     datasets_cache = hf_home / "datasets"
@@ -64,6 +65,8 @@ def _in_process_settings(endpoint: str, hf_home: Path) -> list[tuple[object, str
         (hub_constants, "HF_HUB_DISABLE_TELEMETRY", True),
         (hub_constants, "HF_HUB_DISABLE_XET", True),
         (huggingface_hub.hf_api.api, "endpoint", endpoint),
+        # transformers keeps one HfApi, built with the endpoint of its first use: a fresh one per fake Hub
+        *([(transformers_hub, "_hf_api", None)] if hasattr(transformers_hub, "_hf_api") else []),
         (datasets.config, "HF_ENDPOINT", endpoint),
         (datasets.config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"),
         (datasets.config, "HF_HUB_OFFLINE", False),
