@@ -14,11 +14,14 @@ Kernels (the layout follows the Triton tutorial "fused attention"), each with a 
 - ``_hstu_attn_fwd``: a program owns a query block and loops over key blocks up to the causal bound, accumulating
   ``a @ v`` in fp32. There is no softmax, hence no running maximum and nothing saved but the inputs.
 - ``_hstu_attn_bwd_dkdv``: a program owns a key block and loops over the query blocks at or after it, recomputing
-  ``s``; it accumulates dk, dv and the gradients of both bias tables.
+  ``s``; it accumulates dk and dv.
 - ``_hstu_attn_bwd_dq``: a program owns a query block and loops over key blocks up to the causal bound, recomputing
-  ``s``; it accumulates dq.
+  ``s``; it accumulates dq and the gradients of both bias tables (the kernel with the fewer accumulators).
 
-No (N, N) tensor exists at any point: activations and gradients are O(T * H * d).
+No (N, N) tensor exists at any point: activations and gradients are O(T * H * d). Products take bf16/fp16 operands
+(or fp32 ones, exact or TF32) and accumulate in fp32. Offsets of a sequence's first row are int64 (T * H * d may
+pass 2^31), offsets within a sequence int32. Every autotune config compiles without register spills for sm_80 and
+sm_90 (``scripts/triton_compile_report.py``).
 
 Import this module (``import hf_hstu`` does) to register the ``"hstu_triton"`` attention backend with transformers.
 On CPU tensors the kernels run only in the Triton interpreter (``TRITON_INTERPRET=1`` set before triton is first
@@ -60,16 +63,16 @@ def _zero_bias_gradients(kwargs: dict) -> None:
 # up to 64, every bias combination (tests/test_triton_compile.py, scripts/triton_compile_report.py).
 _BLOCK_SIZES = {
     "fwd": {
-        "half": [(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
-        "fp32": [(32, 32, 4, 2), (64, 32, 4, 2)],
+        "half": [(32, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
+        "fp32": [(16, 16, 4, 2), (32, 16, 4, 2), (64, 16, 4, 2)],
     },
     "bwd_dkdv": {
-        "half": [(32, 64, 4, 3), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2)],
-        "fp32": [(32, 32, 4, 2), (32, 64, 4, 2)],
+        "half": [(16, 64, 4, 2), (32, 32, 4, 2), (16, 128, 8, 2)],
+        "fp32": [(16, 16, 2, 2)],
     },
     "bwd_dq": {
-        "half": [(64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2)],
-        "fp32": [(32, 32, 4, 2), (64, 32, 4, 2)],
+        "half": [(64, 16, 4, 2), (64, 32, 8, 3), (128, 16, 8, 2), (128, 32, 8, 2)],
+        "fp32": [(16, 16, 2, 1), (16, 16, 2, 2)],
     },
 }
 
@@ -77,13 +80,13 @@ _MAX_BLOCK = max(max(sizes[:2]) for groups in _BLOCK_SIZES.values() for group in
 
 
 def _precision_group(dtype: torch.dtype | str) -> str:
-    """ "fp32" for float32 inputs, "half" for bfloat16 and float16 ones."""
-    return "fp32" if dtype in (torch.float32, "fp32") else "half"
+    """ "fp32" for float32 inputs (exact or TF32 products), "half" for bfloat16 and float16 ones."""
+    return "fp32" if dtype in (torch.float32, "fp32", "tf32") else "half"
 
 
 def autotune_configs(kernel: str, dtype: torch.dtype | str) -> list[triton.Config]:
     """The autotuning candidates of kernel "fwd", "bwd_dkdv" or "bwd_dq" for inputs of `dtype` (a torch dtype or
-    "fp32", "bf16", "fp16"); one small config in the interpreter."""
+    "fp32", "tf32" (fp32 inputs, TF32 products), "bf16", "fp16"); one small config in the interpreter."""
     block_sizes = [(16, 16, 4, 1)] if INTERPRET else _BLOCK_SIZES[kernel][_precision_group(dtype)]
     pre_hook = _zero_bias_gradients if kernel == "bwd_dq" else None
     return [
@@ -93,6 +96,7 @@ def autotune_configs(kernel: str, dtype: torch.dtype | str) -> list[triton.Confi
 
 
 def _config_key(config: triton.Config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a config."""
     return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
 
 
@@ -173,6 +177,7 @@ def _load_timestamps(TS, seq_start, offs, seq_len, HAS_TIME_BIAS: tl.constexpr):
 def _biased_scores(
     s,
     relative_positions,
+    valid,
     query_ts,
     key_ts,
     W_P,
@@ -185,13 +190,14 @@ def _biased_scores(
 ):
     """The fp32 dot products ``s`` of one tile plus ``w_p[max_len - 1 + j - i]`` and ``w_t[bucket(t~_i - t_j)]``.
 
-    ``relative_positions`` (j - i, zero outside the causal pairs of real tokens) has the shape of ``s``, and
-    ``query_ts`` and ``key_ts`` broadcast to it. Every gathered index is in range (buckets are clamped), so the
-    gathers are not masked. Returns the biased scores and the time buckets (zeros without the time bias).
+    ``relative_positions`` (j - i) has the shape of ``s``, ``valid`` marks its causal pairs of real tokens (the
+    others may fall outside w_p: a masked load, which keeps the addresses an affine function of the positions),
+    and ``query_ts`` and ``key_ts`` broadcast to it. Buckets are clamped, always in range: the time-bias gather
+    needs no mask. Returns the biased scores and the time buckets (zeros without the time bias).
     """
     buckets = tl.zeros_like(relative_positions)
     if HAS_POSITION_BIAS:
-        s += tl.load(W_P + (max_len - 1) + relative_positions).to(tl.float32)
+        s += tl.load(W_P + (max_len - 1) + relative_positions, mask=valid, other=0.0).to(tl.float32)
     if HAS_TIME_BIAS:
         buckets = _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor)
         s += tl.load(W_T + buckets).to(tl.float32)
@@ -267,10 +273,10 @@ def _hstu_attn_fwd(
         relative_positions = offs_n[None, :] - offs_m[:, None]
         # causal, and a real query (then the key is real too, j <= i < seq_len)
         valid = (relative_positions <= 0) & (offs_m[:, None] < seq_len)
-        relative_positions = tl.where(valid, relative_positions, 0)
         s = _biased_scores(
             s,
             relative_positions,
+            valid,
             query_ts[:, None],
             key_ts[None, :],
             W_P,
@@ -356,10 +362,10 @@ def _hstu_attn_bwd_dkdv(
         query_ts = _load_timestamps(QUERY_TS, seq_start, offs_m, seq_len, HAS_TIME_BIAS)  # (BLOCK_M,)
         relative_positions = offs_n[:, None] - offs_m[None, :]
         valid = (relative_positions <= 0) & (offs_m[None, :] < seq_len)
-        relative_positions = tl.where(valid, relative_positions, 0)
         s = _biased_scores(
             s,
             relative_positions,
+            valid,
             query_ts[None, :],
             key_ts[:, None],
             W_P,
@@ -459,10 +465,10 @@ def _hstu_attn_bwd_dq(
         relative_positions = offs_n[None, :] - offs_m[:, None]
         # causal, and a real query (then the key is real too, j <= i < seq_len)
         valid = (relative_positions <= 0) & (offs_m[:, None] < seq_len)
-        relative_positions = tl.where(valid, relative_positions, 0)
         s, buckets = _biased_scores(
             s,
             relative_positions,
+            valid,
             query_ts[:, None],
             key_ts[None, :],
             W_P,

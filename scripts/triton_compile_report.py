@@ -4,7 +4,8 @@ For each (kernel, config, dtype, bias combination, architecture) the kernel is c
 for an explicit target (sm_80 or sm_90) with the ``ptxas`` that ships with triton, and ``cuobjdump -res-usage``
 (shipped too) reads the registers, stack frame and local memory per thread of the cubin; the shared memory is
 triton's metadata. Nothing needs a driver or a GPU. Prints one JSON document: a list of records, each with an
-``error`` (the compile error, or None), ``spills`` (stack or local bytes > 0) and ``shared_over_limit``.
+``error`` (the compile error, or None), ``spills`` (stack or local bytes > 0) and ``shared_over_limit``; --table
+also prints them as a text table to stderr. Exits with status 1 when any kernel fails one of those checks.
 
     python scripts/triton_compile_report.py
     python scripts/triton_compile_report.py --archs 90 --dtypes bf16 fp32 --biases 11 --workers 2
@@ -38,7 +39,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "tf32", "bf16", "fp16")  # tf32: fp32 inputs with allow_tf32
 ARCHS = (90, 80)
 BIASES = ("11", "10", "01", "00")  # position bias on/off, time bias on/off
 # Most dynamic shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
@@ -55,7 +56,7 @@ def _signature(kernel: str, dtype: str, position_bias: bool, time_bias: bool, he
     from hf_hstu import triton_hstu_attention as attention
 
     jit_fn = getattr(attention, f"_hstu_attn_{kernel}").fn
-    pointer = f"*{dtype}"
+    pointer = "*fp32" if dtype == "tf32" else f"*{dtype}"
     types = {
         "Q": pointer,
         "K": pointer,
@@ -81,7 +82,7 @@ def _signature(kernel: str, dtype: str, position_bias: bool, time_bias: bool, he
         "BLOCK_BUCKETS": 256,  # num_buckets = 128: 129 entries
         "HAS_POSITION_BIAS": position_bias,
         "HAS_TIME_BIAS": time_bias,
-        "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
+        "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32",  # as hstu_attention_jagged chooses
     }
     signature, attrs = {}, {}
     for index, name in enumerate(jit_fn.arg_names):
@@ -241,12 +242,14 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache_dir", default=None, help="triton cache (default: a fresh temporary folder)")
-    parser.add_argument("--table", action="store_true", help="print a text table instead of JSON")
+    parser.add_argument("--table", action="store_true", help="also print a text table, to stderr")
     args = parser.parse_args()
     records = compile_all(
         args.kernels, args.dtypes, args.biases, args.archs, args.head_dim, args.timestamps, args.workers, args.cache_dir
     )
-    print(format_table(records) if args.table else json.dumps(records, indent=1))
+    print(json.dumps(records, indent=1))
+    if args.table:
+        print(format_table(records), file=sys.stderr)
     failed = [r for r in records if r["error"] is not None or r["spills"] or r["shared_over_limit"]]
     sys.exit(1 if failed else 0)
 
