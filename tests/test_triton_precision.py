@@ -28,7 +28,7 @@ if not torch.cuda.is_available() and not triton_hstu_attention.INTERPRET:
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NUM_BUCKETS = 30
 # max |error| / max |reference| per tensor: a few roundings of the dtype (see the module docstring)
-TOLERANCES = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
+TOLERANCES = {torch.float16: 2e-3, torch.bfloat16: 3e-2}
 
 
 @pytest.fixture
