@@ -57,37 +57,42 @@ def _zero_bias_gradients(kwargs: dict) -> None:
             kwargs[name].zero_()
 
 
-# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, for half-precision inputs (bf16 and
-# fp16, on tensor cores) and for fp32 inputs (exact fp32 products run on the FMA units, whose operands take many
-# more registers: smaller tiles). Each of them compiles without register spills for sm_80 and sm_90 with head sizes
-# up to 64, every bias combination (tests/test_triton_compile.py, scripts/triton_compile_report.py).
+# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kernel, precision, head size): "half" for
+# bf16 and fp16 inputs (tensor cores), "fp32" for fp32 inputs (exact products run on the FMA units, whose operands
+# take many more registers: smaller tiles; TF32 products use the same candidates); head sizes, the larger of d_qk and
+# d_v rounded up to a power of 2, up to 64 or up to 128 (larger heads get the 128 candidates, unchecked). Each of
+# them compiles without register spills for sm_80 and sm_90 with every bias combination (checked by
+# tests/test_triton_compile.py with scripts/triton_compile_report.py), which bounds the tiles more than speed does.
 _BLOCK_SIZES = {
-    "fwd": {
-        "half": [(32, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3), (128, 64, 8, 3)],
-        "fp32": [(16, 16, 4, 2), (32, 16, 4, 2), (64, 16, 4, 2)],
-    },
-    "bwd_dkdv": {
-        "half": [(16, 64, 4, 2), (32, 32, 4, 2), (16, 128, 8, 2)],
-        "fp32": [(16, 16, 2, 2)],
-    },
-    "bwd_dq": {
-        "half": [(64, 16, 4, 2), (64, 32, 8, 3), (128, 16, 8, 2), (128, 32, 8, 2)],
-        "fp32": [(16, 16, 2, 1), (16, 16, 2, 2)],
-    },
+    ("fwd", "half", 64): [
+        (32, 32, 4, 2),
+        (64, 32, 4, 3),
+        (64, 64, 4, 3),
+        (64, 64, 8, 3),
+        (128, 32, 8, 3),
+        (128, 64, 8, 3),
+    ],
+    ("fwd", "fp32", 64): [(16, 16, 4, 2), (32, 16, 4, 2), (64, 16, 4, 2)],
+    ("bwd_dkdv", "half", 64): [(16, 64, 4, 2), (32, 32, 4, 2), (16, 128, 8, 2)],
+    ("bwd_dkdv", "fp32", 64): [(16, 16, 2, 2)],
+    ("bwd_dq", "half", 64): [(64, 16, 4, 2), (64, 32, 8, 3), (128, 16, 8, 2), (128, 32, 8, 2)],
+    ("bwd_dq", "fp32", 64): [(16, 16, 2, 1), (16, 16, 2, 2)],
+    ("fwd", "half", 128): [(64, 16, 4, 3), (64, 64, 8, 3)],
+    ("fwd", "fp32", 128): [(16, 16, 4, 2), (64, 16, 4, 2)],
+    ("bwd_dkdv", "half", 128): [(16, 32, 4, 2), (32, 32, 4, 2), (16, 64, 8, 2), (32, 64, 8, 2)],
+    ("bwd_dkdv", "fp32", 128): [(16, 16, 4, 1), (16, 16, 4, 2)],
+    ("bwd_dq", "half", 128): [(32, 32, 4, 2), (64, 16, 8, 2), (128, 16, 8, 2)],
+    ("bwd_dq", "fp32", 128): [(16, 16, 4, 2), (16, 16, 8, 2)],
 }
-
-_MAX_BLOCK = max(max(sizes[:2]) for groups in _BLOCK_SIZES.values() for group in groups.values() for sizes in group)
-
-
-def _precision_group(dtype: torch.dtype | str) -> str:
-    """ "fp32" for float32 inputs (exact or TF32 products), "half" for bfloat16 and float16 ones."""
-    return "fp32" if dtype in (torch.float32, "fp32", "tf32") else "half"
+_MAX_BLOCK = max(max(sizes[:2]) for candidates in _BLOCK_SIZES.values() for sizes in candidates)
 
 
-def autotune_configs(kernel: str, dtype: torch.dtype | str) -> list[triton.Config]:
+def autotune_configs(kernel: str, dtype: torch.dtype | str, head_dim: int = 64) -> list[triton.Config]:
     """The autotuning candidates of kernel "fwd", "bwd_dkdv" or "bwd_dq" for inputs of `dtype` (a torch dtype or
-    "fp32", "tf32" (fp32 inputs, TF32 products), "bf16", "fp16"); one small config in the interpreter."""
-    block_sizes = [(16, 16, 4, 1)] if INTERPRET else _BLOCK_SIZES[kernel][_precision_group(dtype)]
+    "fp32", "tf32" (fp32 inputs, TF32 products), "bf16", "fp16") and heads of `head_dim` (the larger of d_qk and
+    d_v); one small config in the interpreter."""
+    precision = "fp32" if dtype in (torch.float32, "fp32", "tf32") else "half"
+    block_sizes = [(16, 16, 4, 1)] if INTERPRET else _BLOCK_SIZES[kernel, precision, 64 if head_dim <= 64 else 128]
     pre_hook = _zero_bias_gradients if kernel == "bwd_dq" else None
     return [
         triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages, pre_hook=pre_hook)
@@ -101,12 +106,20 @@ def _config_key(config: triton.Config) -> tuple[int, int, int, int]:
 
 
 def _autotuning(kernel: str) -> dict:
-    """triton.autotune arguments of one kernel: every dtype's candidates, pruned to those of the input dtype."""
-    configs = {_config_key(c): c for dtype in ("fp32", "bf16") for c in autotune_configs(kernel, dtype)}
+    """triton.autotune arguments of one kernel: the candidates of every dtype and head size, pruned at the first
+    launch of each autotuning key to those of its inputs."""
+    configs = {
+        _config_key(config): config
+        for dtype in ("fp32", "bf16")
+        for head_dim in (64, 128)
+        for config in autotune_configs(kernel, dtype, head_dim)
+    }
 
     def prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-        allowed = {_config_key(c) for c in autotune_configs(kernel, named_args["Q"].dtype)}
-        return [c for c in candidates if _config_key(c) in allowed]
+        arguments = {**named_args, **kwargs}  # the launches pass every argument by keyword
+        head_dim = max(arguments["BLOCK_DQK"], arguments["BLOCK_DV"])
+        allowed = {_config_key(config) for config in autotune_configs(kernel, arguments["Q"].dtype, head_dim)}
+        return [config for config in candidates if _config_key(config) in allowed]
 
     return {
         "configs": list(configs.values()),

@@ -122,8 +122,8 @@ def _resources(cubin: bytes, work_dir: str) -> dict[str, int]:
     return {key: int(value) for key, value in _RESOURCE.findall(listing)}
 
 
-def _configs(kernel: str, dtype: str) -> list[dict]:
-    """The autotune configs the module ships for this kernel and dtype, as plain dicts."""
+def _configs(kernel: str, dtype: str, head_dim: int) -> list[dict]:
+    """The autotune configs the module ships for this kernel, dtype and head size, as plain dicts."""
     from hf_hstu import triton_hstu_attention as attention
 
     return [
@@ -133,7 +133,7 @@ def _configs(kernel: str, dtype: str) -> list[dict]:
             "num_warps": c.num_warps,
             "num_stages": c.num_stages,
         }
-        for c in attention.autotune_configs(kernel, dtype)
+        for c in attention.autotune_configs(kernel, dtype, head_dim)
     ]
 
 
@@ -185,7 +185,7 @@ def jobs(kernels, dtypes, biases, archs, head_dim: int, timestamps: str) -> list
         }
         for kernel in kernels
         for dtype in dtypes
-        for config in _configs(kernel, dtype)
+        for config in _configs(kernel, dtype, head_dim)
         for bias in biases
         for arch in archs
     ]
