@@ -196,3 +196,43 @@ def test_timestamps_spanning_more_than_int32_match_the_reference() -> None:
     expected = _output_and_gradients(hstu_attention_forward, inputs)
     for value, reference in zip(actual, expected, strict=True):
         torch.testing.assert_close(value, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("span", "kernel_dtype"), [(2**31 - 1, torch.int32), (2**31, torch.int64)])
+def test_timestamps_take_int32_exactly_when_they_fit(monkeypatch, span: int, kernel_dtype: torch.dtype) -> None:
+    """Timestamps are rebased to int32 when their span is below 2^31 (every gap then fits), else stay int64; the
+    buckets match the reference at the boundary either way."""
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, 1, 16, generator=generator).to(DEVICE) for _ in range(3))
+    key_timestamps = torch.tensor([10**12, 10**12 + span // 2, 10**12 + span], device=DEVICE)
+    query_timestamps = torch.tensor([10**12 + span, 10**12, 10**12 + 1], device=DEVICE)
+    time_weights = torch.randn(129, generator=generator).to(DEVICE)
+    received = []
+    apply = triton_hstu_attention.HSTUAttentionFunction.apply
+    monkeypatch.setattr(
+        triton_hstu_attention.HSTUAttentionFunction,
+        "apply",
+        lambda *args: received.append(args[7].dtype) or apply(*args),
+    )
+    output = triton_hstu_attention.hstu_attention_jagged(
+        query,
+        key,
+        value,
+        torch.tensor([0, 3], device=DEVICE),
+        3,
+        normalization=3.0,
+        time_weights=time_weights,
+        query_timestamps=query_timestamps,
+        key_timestamps=key_timestamps,
+    )
+    expected, _ = hstu_attention_forward(
+        None,
+        *(tensor.transpose(0, 1)[None] for tensor in (query, key, value)),  # (1, H, N, d)
+        torch.ones(1, 3, dtype=torch.bool, device=DEVICE),
+        normalization=3.0,
+        time_weights=time_weights,
+        query_timestamps=query_timestamps[None],
+        key_timestamps=key_timestamps[None],
+    )
+    assert received == [kernel_dtype]
+    torch.testing.assert_close(output, expected[0], atol=1e-5, rtol=1e-5)
