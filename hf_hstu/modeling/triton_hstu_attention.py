@@ -14,11 +14,14 @@ Kernels (the layout follows the Triton tutorial "fused attention"), each with a 
 - ``_hstu_attn_fwd``: a program owns a query block and loops over key blocks up to the causal bound, accumulating
   ``a @ v`` in fp32. There is no softmax, hence no running maximum and nothing saved but the inputs.
 - ``_hstu_attn_bwd_dkdv``: a program owns a key block and loops over the query blocks at or after it, recomputing
-  ``s``; it accumulates dk, dv and the gradients of both bias tables.
+  ``s``; it accumulates dk and dv.
 - ``_hstu_attn_bwd_dq``: a program owns a query block and loops over key blocks up to the causal bound, recomputing
-  ``s``; it accumulates dq.
+  ``s``; it accumulates dq and the gradients of both bias tables (the kernel with the fewer accumulators).
 
-No (N, N) tensor exists at any point: activations and gradients are O(T * H * d).
+No (N, N) tensor exists at any point: activations and gradients are O(T * H * d). Products take bf16/fp16 operands
+(or fp32 ones, exact or TF32) and accumulate in fp32. Offsets of a sequence's first row are int64 (T * H * d may
+pass 2^31), offsets within a sequence int32. Every autotune config compiles without register spills for sm_80 and
+sm_90 (``scripts/triton_compile_report.py``).
 
 Import this module (``import hf_hstu`` does) to register the ``"hstu_triton"`` attention backend with transformers.
 On CPU tensors the kernels run only in the Triton interpreter (``TRITON_INTERPRET=1`` set before triton is first
@@ -50,47 +53,89 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _zero_bias_gradients(kwargs: dict) -> None:
-    """Clears the buffers the dkdv kernel accumulates into before each launch: autotuning runs it once per config."""
+    """Clears the buffers the dq kernel accumulates into before each launch: autotuning runs it once per config."""
     for name in ("DW_P", "DW_T_PARTIAL"):
         if kwargs[name] is not None:
             kwargs[name].zero_()
 
 
-def _configs(block_sizes: list[tuple[int, int, int, int]], pre_hook=None) -> list[triton.Config]:
-    """Autotuning candidates from (BLOCK_M, BLOCK_N, num_warps, num_stages); one small config in the interpreter."""
-    if INTERPRET:
-        block_sizes = [(16, 16, 4, 1)]
+# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) per (kernel, precision, head size): "half" for
+# bf16 and fp16 inputs (tensor cores), "fp32" for fp32 inputs (exact products run on the FMA units, whose operands
+# take many more registers: smaller tiles; TF32 products use the same candidates); head sizes, the larger of d_qk and
+# d_v rounded up to a power of 2, up to 64 or up to 128 (larger heads get the 128 candidates, unchecked). Each of
+# them compiles without register spills for sm_80 and sm_90 with every bias combination (checked by
+# tests/test_triton_compile.py with scripts/triton_compile_report.py), which bounds the tiles more than speed does.
+_BLOCK_SIZES = {
+    ("fwd", "half", 64): [
+        (32, 32, 4, 2),
+        (64, 32, 4, 3),
+        (64, 64, 4, 3),
+        (64, 64, 8, 3),
+        (128, 32, 8, 3),
+        (128, 64, 8, 3),
+    ],
+    ("fwd", "fp32", 64): [(16, 16, 4, 2), (32, 16, 4, 2), (64, 16, 4, 2)],
+    ("bwd_dkdv", "half", 64): [(16, 64, 4, 2), (32, 32, 4, 2), (16, 128, 8, 2)],
+    ("bwd_dkdv", "fp32", 64): [(16, 16, 2, 2)],
+    ("bwd_dq", "half", 64): [(64, 16, 4, 2), (64, 32, 8, 3), (128, 16, 8, 2), (128, 32, 8, 2)],
+    ("bwd_dq", "fp32", 64): [(16, 16, 2, 1), (16, 16, 2, 2)],
+    ("fwd", "half", 128): [(64, 16, 4, 3), (64, 64, 8, 3)],
+    ("fwd", "fp32", 128): [(16, 16, 4, 2), (64, 16, 4, 2)],
+    ("bwd_dkdv", "half", 128): [(16, 32, 4, 2), (32, 32, 4, 2), (16, 64, 8, 2), (32, 64, 8, 2)],
+    ("bwd_dkdv", "fp32", 128): [(16, 16, 4, 1), (16, 16, 4, 2)],
+    ("bwd_dq", "half", 128): [(32, 32, 4, 2), (64, 16, 8, 2), (128, 16, 8, 2)],
+    ("bwd_dq", "fp32", 128): [(16, 16, 4, 2), (16, 16, 8, 2)],
+}
+_MAX_BLOCK = max(max(sizes[:2]) for candidates in _BLOCK_SIZES.values() for sizes in candidates)
+
+
+def autotune_configs(kernel: str, dtype: torch.dtype | str, head_dim: int = 64) -> list[triton.Config]:
+    """The autotuning candidates of kernel "fwd", "bwd_dkdv" or "bwd_dq" for inputs of `dtype` (a torch dtype or
+    "fp32", "tf32" (fp32 inputs, TF32 products), "bf16", "fp16") and heads of `head_dim` (the larger of d_qk and
+    d_v); one small config in the interpreter."""
+    precision = "fp32" if dtype in (torch.float32, "fp32", "tf32") else "half"
+    block_sizes = [(16, 16, 4, 1)] if INTERPRET else _BLOCK_SIZES[kernel, precision, 64 if head_dim <= 64 else 128]
+    pre_hook = _zero_bias_gradients if kernel == "bwd_dq" else None
     return [
-        triton.Config(
-            {"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages, pre_hook=pre_hook
-        )
-        for block_m, block_n, num_warps, num_stages in block_sizes
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages, pre_hook=pre_hook)
+        for block_m, block_n, warps, stages in block_sizes
     ]
 
 
-# dkdv needs BLOCK_M <= BLOCK_N (see the position-bias gradient); its smallest BLOCK_N, which divides the others
-# (powers of 2), lays out the rows of the time-bias partials.
-_FWD_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)])
-_BWD_DKDV_CONFIGS = _configs(
-    [(32, 64, 4, 3), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2)], pre_hook=_zero_bias_gradients
-)
-_BWD_DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2)])
-_MIN_DKDV_BLOCK_N = min(config.kwargs["BLOCK_N"] for config in _BWD_DKDV_CONFIGS)
-_AUTOTUNE_KEY = ["AUTOTUNE_MAX_SEQ_LEN", "DQK", "DV", "HAS_POSITION_BIAS", "HAS_TIME_BIAS"]
+def _config_key(config: triton.Config) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a config."""
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
 
 
-@triton.jit
-def _load_rows(base, seq_start, offs_t, mask_t, stride_t, head_offset, offs_d, size_d: tl.constexpr):
-    """Rows `offs_t` of one head of a jagged (T, H, d) tensor, zero beyond the sequence and beyond d."""
-    pointers = base + (seq_start + offs_t[:, None]) * stride_t + head_offset + offs_d[None, :]
-    return tl.load(pointers, mask=mask_t[:, None] & (offs_d[None, :] < size_d), other=0.0)
+def _autotuning(kernel: str) -> dict:
+    """triton.autotune arguments of one kernel: the candidates of every dtype and head size, pruned at the first
+    launch of each autotuning key to those of its inputs."""
+    configs = {
+        _config_key(config): config
+        for dtype in ("fp32", "bf16")
+        for head_dim in (64, 128)
+        for config in autotune_configs(kernel, dtype, head_dim)
+    }
+
+    def prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        arguments = {**named_args, **kwargs}  # the launches pass every argument by keyword
+        head_dim = max(arguments["BLOCK_DQK"], arguments["BLOCK_DV"])
+        allowed = {_config_key(config) for config in autotune_configs(kernel, arguments["Q"].dtype, head_dim)}
+        return [config for config in candidates if _config_key(config) in allowed]
+
+    return {
+        "configs": list(configs.values()),
+        "key": ["AUTOTUNE_MAX_SEQ_LEN", "DQK", "DV", "HAS_POSITION_BIAS", "HAS_TIME_BIAS", "INPUT_PRECISION"],
+        "prune_configs_by": {"early_config_prune": prune},
+    }
 
 
 @triton.jit
 def _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK: tl.constexpr, LAST_BLOCK_FIRST: tl.constexpr):
     """(batch, head, seq_start, seq_len, block start) of this program of a 1D grid in which the blocks of one
-    (sequence, head) are consecutive. The causal loops are longest for the last query blocks and for the first key
-    blocks: query-block kernels pass LAST_BLOCK_FIRST so that the longest loops start first."""
+    (sequence, head) are consecutive. seq_start is int64, the rest int32. The causal loops are longest for the last
+    query blocks and for the first key blocks: query-block kernels pass LAST_BLOCK_FIRST so that the longest loops
+    start first."""
     num_blocks = tl.cdiv(max_seq_len, BLOCK)
     pid_bh = tl.program_id(0) // num_blocks
     block = tl.program_id(0) % num_blocks
@@ -98,16 +143,36 @@ def _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK: tl.constexpr, LAS
         block = num_blocks - 1 - block
     batch = pid_bh // num_heads
     head = pid_bh % num_heads
-    seq_start = tl.load(SEQ_OFFSETS + batch)
+    seq_start = tl.load(SEQ_OFFSETS + batch).to(tl.int64)
     seq_len = (tl.load(SEQ_OFFSETS + batch + 1) - seq_start).to(tl.int32)
     return batch, head, seq_start, seq_len, block * BLOCK
 
 
 @triton.jit
-def _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor):
-    """Bucket of each (query, key) pair from broadcastable int64 timestamps, exactly as ``time_bucket_ids``.
+def _head_offset(seq_start, stride_t, head, stride_h):
+    """Offset of row 0 of one sequence's head in a jagged (T, H, d) tensor, in int64: T * H * d can pass 2^31.
 
-    The gap is taken in int64 so that unix-second timestamps keep full precision before the float32 log.
+    Rows within a sequence are then addressed with int32 offsets from there (checked by `hstu_attention_jagged`:
+    max_seq_len * stride_t < 2^31), which keeps 64-bit arithmetic out of the per-element address computations.
+    """
+    return seq_start.to(tl.int64) * stride_t + head.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _load_tile(base, start, offs_block, seq_len, stride_t, offs_d, size_d: tl.constexpr):
+    """(BLOCK, BLOCK_D) rows start + offs_block of one head (`base` points at its row 0), zero beyond the sequence and
+    beyond d."""
+    offs_t = start + offs_block
+    pointers = base + offs_t[:, None] * stride_t + offs_d[None, :]
+    return tl.load(pointers, mask=(offs_t[:, None] < seq_len) & (offs_d[None, :] < size_d), other=0.0)
+
+
+@triton.jit
+def _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor):
+    """Bucket of each (query, key) pair from broadcastable integer timestamps, exactly as ``time_bucket_ids``.
+
+    The gap is an exact integer (int32 when `hstu_attention_jagged` could rebase the timestamps to int32 without
+    overflow, int64 otherwise) converted to float32 before the log, as the reference does.
     """
     gap = tl.maximum(tl.abs(query_ts - key_ts), 1)
     log_gap = tl.log(gap.to(tl.float32))
@@ -115,15 +180,21 @@ def _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor):
 
 
 @triton.jit
-def _scores(
+def _load_timestamps(TS, seq_start, offs, seq_len, HAS_TIME_BIAS: tl.constexpr):
+    """Timestamps of positions `offs` of the sequence starting at row `seq_start` (zeros without the time bias)."""
+    if HAS_TIME_BIAS:
+        return tl.load((TS + seq_start) + offs, mask=offs < seq_len, other=0)
+    else:
+        return tl.zeros_like(offs)
+
+
+@triton.jit
+def _biased_scores(
     s,
-    offs_q,
-    offs_k,
-    mask,
-    seq_start,
-    seq_len,
-    QUERY_TS,
-    KEY_TS,
+    relative_positions,
+    valid,
+    query_ts,
+    key_ts,
     W_P,
     W_T,
     max_len,
@@ -132,24 +203,30 @@ def _scores(
     HAS_POSITION_BIAS: tl.constexpr,
     HAS_TIME_BIAS: tl.constexpr,
 ):
-    """Adds the relative bias to the fp32 dot products ``s`` of one tile.
+    """The fp32 dot products ``s`` of one tile plus ``w_p[max_len - 1 + j - i]`` and ``w_t[bucket(t~_i - t_j)]``.
 
-    ``offs_q`` and ``offs_k`` are the query and key positions as a column and a row (or a row and a column) that
-    broadcast to the shape of ``s``; ``mask`` marks the causal pairs of real tokens. Returns the biased scores and
-    the time buckets (zeros when the time bias is off).
+    ``relative_positions`` (j - i) has the shape of ``s``, ``valid`` marks its causal pairs of real tokens (the
+    others may fall outside w_p: a masked load, which keeps the addresses an affine function of the positions),
+    and ``query_ts`` and ``key_ts`` broadcast to it. Buckets are clamped, always in range: the time-bias gather
+    needs no mask. Returns the biased scores and the time buckets (zeros without the time bias).
     """
-    buckets = tl.zeros_like(s).to(tl.int32)
+    buckets = tl.zeros_like(relative_positions)
     if HAS_POSITION_BIAS:
-        s += tl.load(W_P + (max_len - 1 + offs_k - offs_q), mask=mask, other=0.0).to(tl.float32)
+        s += tl.load(W_P + (max_len - 1) + relative_positions, mask=valid, other=0.0).to(tl.float32)
     if HAS_TIME_BIAS:
-        query_ts = tl.load(QUERY_TS + seq_start + offs_q, mask=offs_q < seq_len, other=0)
-        key_ts = tl.load(KEY_TS + seq_start + offs_k, mask=offs_k < seq_len, other=0)
         buckets = _time_buckets(query_ts, key_ts, num_buckets, bucket_divisor)
-        s += tl.load(W_T + buckets, mask=mask, other=0.0).to(tl.float32)
+        s += tl.load(W_T + buckets).to(tl.float32)
     return s, buckets
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_AUTOTUNE_KEY)
+@triton.jit
+def _silu_and_grad(s):
+    """SiLU(s) and SiLU'(s) = sig (1 + s (1 - sig)), in fp32."""
+    sig = tl.sigmoid(s)
+    return s * sig, sig * (1.0 + s * (1.0 - sig))
+
+
+@triton.autotune(**_autotuning("fwd"))
 @triton.jit
 def _hstu_attn_fwd(
     Q,
@@ -186,35 +263,37 @@ def _hstu_attn_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    _, head, seq_start, seq_len, start_m = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_M, True)
+    batch, head, seq_start, seq_len, start_m = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_M, True)
     if start_m >= seq_len:
         return
+    Q += _head_offset(seq_start, stride_qt, head, stride_qh)
+    K += _head_offset(seq_start, stride_kt, head, stride_kh)
+    V += _head_offset(seq_start, stride_vt, head, stride_vh)
+    OUT += _head_offset(seq_start, stride_ot, head, stride_oh)
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions in the sequence
     offs_n_block = tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    mask_m = offs_m < seq_len
-    q = _load_rows(Q, seq_start, offs_m, mask_m, stride_qt, head * stride_qh, offs_dqk, DQK)
+    q = _load_tile(Q, start_m, tl.arange(0, BLOCK_M), seq_len, stride_qt, offs_dqk, DQK)  # (BLOCK_M, BLOCK_DQK)
+    query_ts = _load_timestamps(QUERY_TS, seq_start, offs_m, seq_len, HAS_TIME_BIAS)  # (BLOCK_M,)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     end_n = tl.minimum(start_m + BLOCK_M, seq_len)
     for start_n in range(0, end_n, BLOCK_N):
-        offs_n = start_n + offs_n_block
-        mask_n = offs_n < seq_len
-        k = _load_rows(K, seq_start, offs_n, mask_n, stride_kt, head * stride_kh, offs_dqk, DQK)
-        v = _load_rows(V, seq_start, offs_n, mask_n, stride_vt, head * stride_vh, offs_dv, DV)
+        offs_n = start_n + offs_n_block  # (BLOCK_N,) key positions
+        k = _load_tile(K, start_n, offs_n_block, seq_len, stride_kt, offs_dqk, DQK)  # (BLOCK_N, BLOCK_DQK)
+        v = _load_tile(V, start_n, offs_n_block, seq_len, stride_vt, offs_dv, DV)  # (BLOCK_N, BLOCK_DV)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        key_ts = _load_timestamps(KEY_TS, seq_start, offs_n, seq_len, HAS_TIME_BIAS)  # (BLOCK_N,)
+        relative_positions = offs_n[None, :] - offs_m[:, None]
         # causal, and a real query (then the key is real too, j <= i < seq_len)
-        valid = (offs_n[None, :] <= offs_m[:, None]) & mask_m[:, None]  # (BLOCK_M, BLOCK_N)
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
-        s, _ = _scores(
+        valid = (relative_positions <= 0) & (offs_m[:, None] < seq_len)
+        s = _biased_scores(
             s,
-            offs_m[:, None],
-            offs_n[None, :],
+            relative_positions,
             valid,
-            seq_start,
-            seq_len,
-            QUERY_TS,
-            KEY_TS,
+            query_ts[:, None],
+            key_ts[None, :],
             W_P,
             W_T,
             max_len,
@@ -222,17 +301,17 @@ def _hstu_attn_fwd(
             bucket_divisor,
             HAS_POSITION_BIAS,
             HAS_TIME_BIAS,
-        )
-        a = tl.where(valid, s * tl.sigmoid(s) * scale, 0.0)
+        )[0]
+        a = tl.where(valid, _silu_and_grad(s)[0] * scale, 0.0)
         acc = tl.dot(a.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
     tl.store(
-        OUT + (seq_start + offs_m[:, None]) * stride_ot + head * stride_oh + offs_dv[None, :],
+        OUT + offs_m[:, None] * stride_ot + offs_dv[None, :],
         acc.to(OUT.dtype.element_ty),
-        mask=mask_m[:, None] & (offs_dv[None, :] < DV),
+        mask=(offs_m[:, None] < seq_len) & (offs_dv[None, :] < DV),
     )
 
 
-@triton.autotune(configs=_BWD_DKDV_CONFIGS, key=_AUTOTUNE_KEY)
+@triton.autotune(**_autotuning("bwd_dkdv"))
 @triton.jit
 def _hstu_attn_bwd_dkdv(
     Q,
@@ -241,6 +320,99 @@ def _hstu_attn_bwd_dkdv(
     DOUT,
     DK,
     DV_OUT,
+    SEQ_OFFSETS,
+    QUERY_TS,
+    KEY_TS,
+    W_P,
+    W_T,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    num_heads,
+    max_seq_len,
+    scale,
+    max_len,
+    num_buckets,
+    bucket_divisor,
+    AUTOTUNE_MAX_SEQ_LEN,
+    DQK: tl.constexpr,
+    DV: tl.constexpr,
+    BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    HAS_POSITION_BIAS: tl.constexpr,
+    HAS_TIME_BIAS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # dk and dv of one key block; the bias-table gradients are summed by the dq kernel.
+    batch, head, seq_start, seq_len, start_n = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_N, False)
+    if start_n >= seq_len:
+        return
+    k_offset = _head_offset(seq_start, stride_kt, head, stride_kh)
+    v_offset = _head_offset(seq_start, stride_vt, head, stride_vh)
+    Q += _head_offset(seq_start, stride_qt, head, stride_qh)
+    DOUT += _head_offset(seq_start, stride_dot, head, stride_doh)
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions in the sequence
+    offs_m_block = tl.arange(0, BLOCK_M)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = _load_tile(K + k_offset, start_n, tl.arange(0, BLOCK_N), seq_len, stride_kt, offs_dqk, DQK)
+    v = _load_tile(V + v_offset, start_n, tl.arange(0, BLOCK_N), seq_len, stride_vt, offs_dv, DV)
+    key_ts = _load_timestamps(KEY_TS, seq_start, offs_n, seq_len, HAS_TIME_BIAS)  # (BLOCK_N,)
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    for start_m in range((start_n // BLOCK_M) * BLOCK_M, seq_len, BLOCK_M):
+        offs_m = start_m + offs_m_block  # (BLOCK_M,) query positions
+        q = _load_tile(Q, start_m, offs_m_block, seq_len, stride_qt, offs_dqk, DQK)  # (BLOCK_M, BLOCK_DQK)
+        dout = _load_tile(DOUT, start_m, offs_m_block, seq_len, stride_dot, offs_dv, DV)  # (BLOCK_M, BLOCK_DV)
+        # transposed tile: rows are keys j, columns queries i
+        s = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        query_ts = _load_timestamps(QUERY_TS, seq_start, offs_m, seq_len, HAS_TIME_BIAS)  # (BLOCK_M,)
+        relative_positions = offs_n[:, None] - offs_m[None, :]
+        valid = (relative_positions <= 0) & (offs_m[None, :] < seq_len)
+        s = _biased_scores(
+            s,
+            relative_positions,
+            valid,
+            query_ts[None, :],
+            key_ts[:, None],
+            W_P,
+            W_T,
+            max_len,
+            num_buckets,
+            bucket_divisor,
+            HAS_POSITION_BIAS,
+            HAS_TIME_BIAS,
+        )[0]
+        silu, silu_grad = _silu_and_grad(s)
+        a = tl.where(valid, silu * scale, 0.0)
+        dv = tl.dot(a.to(dout.dtype), dout, dv, input_precision=INPUT_PRECISION)
+        da = tl.dot(v, tl.trans(dout), input_precision=INPUT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        ds = tl.where(valid, da * silu_grad * scale, 0.0)
+        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
+
+    mask_rows = offs_n[:, None] < seq_len
+    dk_pointers = DK + k_offset + offs_n[:, None] * stride_kt + offs_dqk[None, :]
+    tl.store(dk_pointers, dk.to(DK.dtype.element_ty), mask=mask_rows & (offs_dqk[None, :] < DQK))
+    dv_pointers = DV_OUT + v_offset + offs_n[:, None] * stride_vt + offs_dv[None, :]
+    tl.store(dv_pointers, dv.to(DV_OUT.dtype.element_ty), mask=mask_rows & (offs_dv[None, :] < DV))
+
+
+@triton.autotune(**_autotuning("bwd_dq"))
+@triton.jit
+def _hstu_attn_bwd_dq(
+    Q,
+    K,
+    V,
+    DOUT,
+    DQ,
     DW_P,
     DW_T_PARTIAL,
     SEQ_OFFSETS,
@@ -262,8 +434,6 @@ def _hstu_attn_bwd_dkdv(
     max_len,
     num_buckets,
     bucket_divisor,
-    partial_rows_per_head,
-    partial_block,
     AUTOTUNE_MAX_SEQ_LEN,
     DQK: tl.constexpr,
     DV: tl.constexpr,
@@ -276,58 +446,46 @@ def _hstu_attn_bwd_dkdv(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    # Bias-table gradients: a table entry collects dS from every (b, h, i, j) mapped to it.
-    # - w_t (num_buckets + 1 entries): each program builds its histogram in registers and writes it to its own row
-    #   of DW_T_PARTIAL, summed afterwards by torch: deterministic. Row (seq_start + start_n) // partial_block + batch
-    #   (per head) is unique as partial_block divides BLOCK_N, and there are T // partial_block + B + 1 of them.
-    # - w_p (2 N_max - 1 entries): a program's relative positions span its whole sequence, too many to keep per
-    #   program, so each tile sums dS along its diagonals in registers and adds those 2 * BLOCK_N sums to DW_P with
-    #   fp32 atomics. The order of those additions varies between runs, so dw_p is reproducible only up to fp32
-    #   rounding; every other gradient is deterministic.
-    tl.static_assert(BLOCK_M <= BLOCK_N)
-    batch, head, seq_start, seq_len, start_n = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_N, False)
-    if start_n >= seq_len:
+    # dq of one query block, and the bias-table gradients: a table entry collects dS from every (b, h, i, j) mapped
+    # to it.
+    # - w_t (num_buckets + 1 entries): each program builds its histogram in registers and stores it to its own row
+    #   DW_T_PARTIAL[program_id], summed afterwards by torch: deterministic.
+    # - w_p (2 N_max - 1 entries): dS goes to DW_P[max_len - 1 + j - i] by fp32 atomic adds. Their order varies
+    #   between runs, so dw_p is reproducible only up to fp32 rounding; every other gradient is deterministic.
+    batch, head, seq_start, seq_len, start_m = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_M, True)
+    if start_m >= seq_len:
         return
+    q_offset = _head_offset(seq_start, stride_qt, head, stride_qh)
+    K += _head_offset(seq_start, stride_kt, head, stride_kh)
+    V += _head_offset(seq_start, stride_vt, head, stride_vh)
+    DOUT += _head_offset(seq_start, stride_dot, head, stride_doh)
 
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m_block = tl.arange(0, BLOCK_M)
+    offs_m = start_m + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions in the sequence
+    offs_n_block = tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    mask_n = offs_n < seq_len
-    mask_kqk = mask_n[:, None] & (offs_dqk[None, :] < DQK)
-    mask_kv = mask_n[:, None] & (offs_dv[None, :] < DV)
-    k_offsets = (seq_start + offs_n[:, None]) * stride_kt + head * stride_kh + offs_dqk[None, :]
-    v_offsets = (seq_start + offs_n[:, None]) * stride_vt + head * stride_vh + offs_dv[None, :]
-    k = tl.load(K + k_offsets, mask=mask_kqk, other=0.0)
-    v = tl.load(V + v_offsets, mask=mask_kv, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    q = _load_tile(Q + q_offset, start_m, tl.arange(0, BLOCK_M), seq_len, stride_qt, offs_dqk, DQK)
+    dout = _load_tile(DOUT, start_m, tl.arange(0, BLOCK_M), seq_len, stride_dot, offs_dv, DV)  # (BLOCK_M, BLOCK_DV)
+    query_ts = _load_timestamps(QUERY_TS, seq_start, offs_m, seq_len, HAS_TIME_BIAS)  # (BLOCK_M,)
+    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     histogram = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)
     bins = tl.arange(0, BLOCK_BUCKETS)
-    # Diagonal u = j - i - (start_n - start_m) + BLOCK_M - 1 (0 <= u < BLOCK_M + BLOCK_N - 1 <= 2 BLOCK_N) of a
-    # (BLOCK_N, BLOCK_M) tile holds, in column c, row c + u - (BLOCK_M - 1): gathering those turns diagonals into rows.
-    diagonals = tl.arange(0, 2 * BLOCK_N)
-    diagonal_rows = diagonals[:, None] + tl.arange(0, BLOCK_M)[None, :] - (BLOCK_M - 1)  # (2 BLOCK_N, BLOCK_M)
-    diagonal_mask = (diagonal_rows >= 0) & (diagonal_rows < BLOCK_N)
-    diagonal_rows = tl.minimum(tl.maximum(diagonal_rows, 0), BLOCK_N - 1)
-
-    for start_m in range((start_n // BLOCK_M) * BLOCK_M, seq_len, BLOCK_M):
-        offs_m = start_m + offs_m_block
-        mask_m = offs_m < seq_len
-        q = _load_rows(Q, seq_start, offs_m, mask_m, stride_qt, head * stride_qh, offs_dqk, DQK)
-        dout = _load_rows(DOUT, seq_start, offs_m, mask_m, stride_dot, head * stride_doh, offs_dv, DV)
-        # transposed tile: rows are keys j, columns queries i
-        valid = (offs_n[:, None] <= offs_m[None, :]) & mask_m[None, :]  # (BLOCK_N, BLOCK_M)
-        s = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)
-        s, buckets = _scores(
+    end_n = tl.minimum(start_m + BLOCK_M, seq_len)
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + offs_n_block  # (BLOCK_N,) key positions
+        k = _load_tile(K, start_n, offs_n_block, seq_len, stride_kt, offs_dqk, DQK)  # (BLOCK_N, BLOCK_DQK)
+        v = _load_tile(V, start_n, offs_n_block, seq_len, stride_vt, offs_dv, DV)  # (BLOCK_N, BLOCK_DV)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        key_ts = _load_timestamps(KEY_TS, seq_start, offs_n, seq_len, HAS_TIME_BIAS)  # (BLOCK_N,)
+        relative_positions = offs_n[None, :] - offs_m[:, None]
+        # causal, and a real query (then the key is real too, j <= i < seq_len)
+        valid = (relative_positions <= 0) & (offs_m[:, None] < seq_len)
+        s, buckets = _biased_scores(
             s,
-            offs_m[None, :],
-            offs_n[:, None],
+            relative_positions,
             valid,
-            seq_start,
-            seq_len,
-            QUERY_TS,
-            KEY_TS,
+            query_ts[:, None],
+            key_ts[None, :],
             W_P,
             W_T,
             max_len,
@@ -336,20 +494,11 @@ def _hstu_attn_bwd_dkdv(
             HAS_POSITION_BIAS,
             HAS_TIME_BIAS,
         )
-        sig = tl.sigmoid(s)
-        a = tl.where(valid, s * sig * scale, 0.0)
-        dv = tl.dot(a.to(dout.dtype), dout, dv, input_precision=INPUT_PRECISION)
-        da = tl.dot(v, tl.trans(dout), input_precision=INPUT_PRECISION)
-        ds = tl.where(valid, da * sig * (1.0 + s * (1.0 - sig)) * scale, 0.0)  # SiLU'(s) = sig (1 + s (1 - sig))
-        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)
+        da = tl.dot(dout, tl.trans(v), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        ds = tl.where(valid, da * _silu_and_grad(s)[1] * scale, 0.0)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
         if HAS_POSITION_BIAS:
-            diagonal_sums = tl.sum(tl.where(diagonal_mask, tl.gather(ds, diagonal_rows, 0), 0.0), 1)
-            positions = max_len - 1 + start_n - start_m - (BLOCK_M - 1) + diagonals
-            tl.atomic_add(
-                DW_P + positions,
-                diagonal_sums,
-                mask=(diagonals < BLOCK_M + BLOCK_N - 1) & (positions >= 0) & (positions < 2 * max_len - 1),
-            )
+            tl.atomic_add(DW_P + (max_len - 1) + relative_positions, ds, mask=valid, sem="relaxed")
         if HAS_TIME_BIAS:
             # one pass per bucket present in the tile: a tile usually spans few buckets
             low = tl.min(tl.where(valid, buckets, num_buckets))
@@ -357,100 +506,11 @@ def _hstu_attn_bwd_dkdv(
             for bucket in range(low, high + 1):
                 histogram += tl.where(bins == bucket, tl.sum(tl.where(buckets == bucket, ds, 0.0)), 0.0)
 
-    tl.store(DK + k_offsets, dk.to(DK.dtype.element_ty), mask=mask_kqk)
-    tl.store(DV_OUT + v_offsets, dv.to(DV_OUT.dtype.element_ty), mask=mask_kv)
+    q_pointers = DQ + q_offset + offs_m[:, None] * stride_qt + offs_dqk[None, :]
+    tl.store(q_pointers, dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < seq_len) & (offs_dqk[None, :] < DQK))
     if HAS_TIME_BIAS:
-        tl.store(
-            DW_T_PARTIAL
-            + (head * partial_rows_per_head + (seq_start + start_n) // partial_block + batch) * (num_buckets + 1)
-            + bins,
-            histogram,
-            mask=bins <= num_buckets,
-        )
-
-
-@triton.autotune(configs=_BWD_DQ_CONFIGS, key=_AUTOTUNE_KEY)
-@triton.jit
-def _hstu_attn_bwd_dq(
-    Q,
-    K,
-    V,
-    DOUT,
-    DQ,
-    SEQ_OFFSETS,
-    QUERY_TS,
-    KEY_TS,
-    W_P,
-    W_T,
-    stride_qt,
-    stride_qh,
-    stride_kt,
-    stride_kh,
-    stride_vt,
-    stride_vh,
-    stride_dot,
-    stride_doh,
-    num_heads,
-    max_seq_len,
-    scale,
-    max_len,
-    num_buckets,
-    bucket_divisor,
-    AUTOTUNE_MAX_SEQ_LEN,
-    DQK: tl.constexpr,
-    DV: tl.constexpr,
-    BLOCK_DQK: tl.constexpr,
-    BLOCK_DV: tl.constexpr,
-    HAS_POSITION_BIAS: tl.constexpr,
-    HAS_TIME_BIAS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    _, head, seq_start, seq_len, start_m = _program_block(SEQ_OFFSETS, num_heads, max_seq_len, BLOCK_M, True)
-    if start_m >= seq_len:
-        return
-
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n_block = tl.arange(0, BLOCK_N)
-    offs_dqk = tl.arange(0, BLOCK_DQK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    mask_m = offs_m < seq_len
-    mask_qqk = mask_m[:, None] & (offs_dqk[None, :] < DQK)
-    q_offsets = (seq_start + offs_m[:, None]) * stride_qt + head * stride_qh + offs_dqk[None, :]
-    q = tl.load(Q + q_offsets, mask=mask_qqk, other=0.0)
-    dout = _load_rows(DOUT, seq_start, offs_m, mask_m, stride_dot, head * stride_doh, offs_dv, DV)
-    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    end_n = tl.minimum(start_m + BLOCK_M, seq_len)
-    for start_n in range(0, end_n, BLOCK_N):
-        offs_n = start_n + offs_n_block
-        mask_n = offs_n < seq_len
-        k = _load_rows(K, seq_start, offs_n, mask_n, stride_kt, head * stride_kh, offs_dqk, DQK)
-        v = _load_rows(V, seq_start, offs_n, mask_n, stride_vt, head * stride_vh, offs_dv, DV)
-        valid = (offs_n[None, :] <= offs_m[:, None]) & mask_m[:, None]  # (BLOCK_M, BLOCK_N)
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
-        s, _ = _scores(
-            s,
-            offs_m[:, None],
-            offs_n[None, :],
-            valid,
-            seq_start,
-            seq_len,
-            QUERY_TS,
-            KEY_TS,
-            W_P,
-            W_T,
-            max_len,
-            num_buckets,
-            bucket_divisor,
-            HAS_POSITION_BIAS,
-            HAS_TIME_BIAS,
-        )
-        sig = tl.sigmoid(s)
-        da = tl.dot(dout, tl.trans(v), input_precision=INPUT_PRECISION)
-        ds = tl.where(valid, da * sig * (1.0 + s * (1.0 - sig)) * scale, 0.0)
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)
-    tl.store(DQ + q_offsets, dq.to(DQ.dtype.element_ty), mask=mask_qqk)
+        partial_row = DW_T_PARTIAL + tl.program_id(0).to(tl.int64) * (num_buckets + 1)
+        tl.store(partial_row + bins, histogram, mask=bins <= num_buckets)
 
 
 def _kernel_arguments(
@@ -466,6 +526,7 @@ def _kernel_arguments(
     normalization: float,
     num_buckets: int,
     bucket_divisor: float,
+    input_precision: str,
 ) -> dict:
     """The keyword arguments the three kernels share (inputs, strides, bias settings, head sizes)."""
     _, num_heads, dqk = query.shape
@@ -498,8 +559,7 @@ def _kernel_arguments(
         "BLOCK_DV": max(triton.next_power_of_2(dv), 16),
         "HAS_POSITION_BIAS": position_weights is not None,
         "HAS_TIME_BIAS": time_weights is not None,
-        # fp32 inputs get exact fp32 products, like torch.matmul's default (no TF32)
-        "INPUT_PRECISION": "ieee" if query.dtype == torch.float32 else "tf32",
+        "INPUT_PRECISION": input_precision,
     }
 
 
@@ -521,6 +581,7 @@ class HSTUAttentionFunction(torch.autograd.Function):
         normalization: float,
         num_buckets: int,
         bucket_divisor: float,
+        input_precision: str,
     ) -> torch.Tensor:
         arguments = _kernel_arguments(
             query,
@@ -535,6 +596,7 @@ class HSTUAttentionFunction(torch.autograd.Function):
             normalization,
             num_buckets,
             bucket_divisor,
+            input_precision,
         )
         out = query.new_empty(query.shape[0], query.shape[1], value.shape[2])  # (T, H, d_v)
         num_sequences = seq_offsets.shape[0] - 1
@@ -544,7 +606,7 @@ class HSTUAttentionFunction(torch.autograd.Function):
         ctx.save_for_backward(
             query, key, value, seq_offsets, position_weights, time_weights, query_timestamps, key_timestamps
         )
-        ctx.settings = (max_seq_len, normalization, num_buckets, bucket_divisor)
+        ctx.settings = (max_seq_len, normalization, num_buckets, bucket_divisor, input_precision)
         return out
 
     @staticmethod
@@ -552,7 +614,7 @@ class HSTUAttentionFunction(torch.autograd.Function):
         query, key, value, seq_offsets, position_weights, time_weights, query_timestamps, key_timestamps = (
             ctx.saved_tensors
         )
-        max_seq_len, normalization, num_buckets, bucket_divisor = ctx.settings
+        max_seq_len, normalization, num_buckets, bucket_divisor, input_precision = ctx.settings
         arguments = _kernel_arguments(
             query,
             key,
@@ -566,36 +628,37 @@ class HSTUAttentionFunction(torch.autograd.Function):
             normalization,
             num_buckets,
             bucket_divisor,
+            input_precision,
         )
         grad_out = grad_out.contiguous()
         arguments.update(DOUT=grad_out, stride_dot=grad_out.stride(0), stride_doh=grad_out.stride(1))
         num_sequences, num_heads = seq_offsets.shape[0] - 1, query.shape[1]
         num_programs_bh = num_sequences * num_heads
         dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-        # fp32 bias-gradient buffers (zeroed again by the dkdv pre-hook before each autotuning run)
+        _hstu_attn_bwd_dkdv[lambda meta: (triton.cdiv(max_seq_len, meta["BLOCK_N"]) * num_programs_bh,)](
+            DK=dk, DV_OUT=dv, **arguments
+        )
+        # fp32 bias-gradient buffers (zeroed again by the dq pre-hook before each autotuning run): dw_p, and one
+        # row of time-bias partial sums per dq program, for the largest grid of the candidate configs
         dw_p = None if position_weights is None else query.new_zeros(position_weights.shape, dtype=torch.float32)
-        partial_rows_per_head = query.shape[0] // _MIN_DKDV_BLOCK_N + num_sequences + 1
+        min_block_m = min(config.kwargs["BLOCK_M"] for config in _hstu_attn_bwd_dq.configs)
         dw_t_partial = (
             None
             if time_weights is None
-            else query.new_zeros(num_heads * partial_rows_per_head, num_buckets + 1, dtype=torch.float32)
+            else query.new_zeros(
+                triton.cdiv(max_seq_len, min_block_m) * num_programs_bh, num_buckets + 1, dtype=torch.float32
+            )
         )
-        _hstu_attn_bwd_dkdv[lambda meta: (triton.cdiv(max_seq_len, meta["BLOCK_N"]) * num_programs_bh,)](
-            DK=dk,
-            DV_OUT=dv,
+        _hstu_attn_bwd_dq[lambda meta: (triton.cdiv(max_seq_len, meta["BLOCK_M"]) * num_programs_bh,)](
+            DQ=dq,
             DW_P=dw_p,
             DW_T_PARTIAL=dw_t_partial,
-            partial_rows_per_head=partial_rows_per_head,
-            partial_block=_MIN_DKDV_BLOCK_N,
             BLOCK_BUCKETS=triton.next_power_of_2(num_buckets + 1),
             **arguments,
         )
-        _hstu_attn_bwd_dq[lambda meta: (triton.cdiv(max_seq_len, meta["BLOCK_M"]) * num_programs_bh,)](
-            DQ=dq, **arguments
-        )
         grad_position = None if dw_p is None else dw_p.to(position_weights.dtype)
         grad_time = None if dw_t_partial is None else dw_t_partial.sum(0).to(time_weights.dtype)
-        return dq, dk, dv, None, None, grad_position, grad_time, None, None, None, None, None
+        return dq, dk, dv, None, None, grad_position, grad_time, None, None, None, None, None, None
 
 
 def hstu_attention_jagged(
@@ -612,6 +675,7 @@ def hstu_attention_jagged(
     key_timestamps: torch.Tensor | None = None,
     num_buckets: int = 128,
     bucket_divisor: float = 0.301,
+    allow_tf32: bool | None = None,
 ) -> torch.Tensor:
     """HSTU attention on jagged tensors with the fused Triton kernels (differentiable).
 
@@ -626,6 +690,10 @@ def hstu_attention_jagged(
         time_weights: (num_buckets + 1,) time bias weights, or None when that bias is off.
         query_timestamps: (T,) int64 time of the event each query position predicts (needed with time bias).
         key_timestamps: (T,) int64 time of each key's event (needed with time bias).
+        allow_tf32: for float32 inputs, whether the kernels' matrix products may round their inputs to TF32 (tensor
+            cores) rather than multiply in exact fp32; None follows ``torch.backends.cuda.matmul.allow_tf32`` at
+            call time, as torch.matmul does. bfloat16 and float16 inputs always multiply on tensor cores, with fp32
+            accumulation.
 
     Returns:
         (T, H, d_v) attention output.
@@ -648,9 +716,30 @@ def hstu_attention_jagged(
         )
     if seq_offsets.dim() != 1 or seq_offsets.shape[0] < 2 or seq_offsets.dtype.is_floating_point:
         raise ValueError(f"seq_offsets must be a (B + 1,) integer tensor, got {seq_offsets.dtype} {seq_offsets.shape}")
+    num_heads, head_dim = query.shape[1], max(query.shape[2], value.shape[2])
+    if (max_seq_len + _MAX_BLOCK) * num_heads * triton.next_power_of_2(head_dim) >= 2**31:
+        raise ValueError(
+            f"the kernels address the rows of one sequence with int32 offsets: max_seq_len = {max_seq_len} tokens of "
+            f"{num_heads} heads of size {head_dim} is too many"
+        )
+    if position_weights is not None and (position_weights.shape[0] + 1) // 2 < max_seq_len:
+        raise ValueError(
+            f"position_weights has {position_weights.shape[0]} entries, which covers sequences of up to "
+            f"{(position_weights.shape[0] + 1) // 2} tokens, but max_seq_len is {max_seq_len}"
+        )
     lengths = seq_offsets.diff()
     malformed = (seq_offsets[0] != 0) | (seq_offsets[-1] != query.shape[0]) | (lengths < 0).any()
-    if (malformed | (lengths > max_seq_len).any()).item():  # the one device sync of the checks
+    checks = [malformed | (lengths > max_seq_len).any()]
+    if time_weights is not None:
+        if query_timestamps is None or key_timestamps is None:
+            raise ValueError("the time bias needs query_timestamps and key_timestamps")
+        if time_weights.shape[0] != num_buckets + 1:
+            raise ValueError(f"time_weights must have num_buckets + 1 = {num_buckets + 1} entries")
+        timestamps = torch.stack([query_timestamps.to(torch.int64), key_timestamps.to(torch.int64)])  # (2, T)
+        origin = timestamps.amin() if timestamps.numel() else timestamps.new_zeros(())
+        checks.append((timestamps.amax() - origin if timestamps.numel() else origin) < 2**31)
+    bad_offsets, *timestamps_fit_int32 = torch.stack(checks).tolist()  # the one device sync of the checks
+    if bad_offsets:
         raise ValueError(
             f"seq_offsets must rise from 0 to T = {query.shape[0]} by steps of at most max_seq_len = {max_seq_len}, "
             f"got {seq_offsets.tolist()}"
@@ -660,15 +749,17 @@ def hstu_attention_jagged(
             f"position_weights has {position_weights.shape[0]} entries, which covers sequences of up to "
             f"{(position_weights.shape[0] + 1) // 2} tokens, but max_seq_len is {max_seq_len}"
         )
+    query_timestamps = key_timestamps = None
     if time_weights is not None:
-        if query_timestamps is None or key_timestamps is None:
-            raise ValueError("the time bias needs query_timestamps and key_timestamps")
-        if time_weights.shape[0] != num_buckets + 1:
-            raise ValueError(f"time_weights must have num_buckets + 1 = {num_buckets + 1} entries")
-        query_timestamps = query_timestamps.to(torch.int64).contiguous()
-        key_timestamps = key_timestamps.to(torch.int64).contiguous()
-    else:
-        query_timestamps = key_timestamps = None
+        # The kernels take the exact integer gap of two timestamps. Relative to their minimum, timestamps spanning
+        # less than 2^31 (68 years of seconds) fit int32, and so does every gap: the cheaper int32 kernels.
+        if timestamps_fit_int32[0]:
+            timestamps = (timestamps - origin).to(torch.int32)
+        query_timestamps, key_timestamps = timestamps.contiguous()
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    # bf16/fp16 products are exact in fp32 anyway; fp32 inputs are rounded to TF32 only when allowed
+    input_precision = "tf32" if allow_tf32 or query.dtype != torch.float32 else "ieee"
     return HSTUAttentionFunction.apply(
         query.contiguous(),
         key.contiguous(),
@@ -682,6 +773,7 @@ def hstu_attention_jagged(
         float(normalization),
         num_buckets,
         float(bucket_divisor),
+        input_precision,
     )
 
 
