@@ -76,5 +76,9 @@ def test_preprocessing_command_lists_what_differs_from_the_defaults():
         "python scripts/preprocess.py --dataset amazon-books --raw-dir RAW_DIR --split temporal --k-core 10 "
         "--output data/amazon-books"
     )
-    metadata = json.loads(json.dumps({"dataset": "ml-1m", "config": {"split": "leave_one_out", "dedup": "none"}}))
+    metadata = json.loads(json.dumps({"dataset": "ml-1m", "config": {"split": "leave_one_out", "duplicates": "keep"}}))
     assert preprocessing_command(metadata, "out") == "python scripts/preprocess.py --dataset ml-1m --output out"
+    metadata["config"]["duplicates"] = "drop"
+    assert preprocessing_command(metadata, "out") == (
+        "python scripts/preprocess.py --dataset ml-1m --duplicates drop --output out"
+    )
