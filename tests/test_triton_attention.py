@@ -94,11 +94,14 @@ def _attention(
     use_position_bias: bool = True,
     use_time_bias: bool = True,
     relative_bias: RelativeBias | None = None,
+    context_class: type[HSTUAttentionContext] | None = None,
     **kwargs,
 ) -> torch.Tensor:
-    """One backend's attention on the batch, its context prepared as `encode` does."""
+    """One backend's attention on the batch, its context prepared as `encode` does (by default the backend's own
+    context class)."""
     relative_bias = relative_bias or _relative_bias(batch, use_position_bias, use_time_bias)
-    context_class = JaggedAttentionContext if function is hstu_triton_attention_forward else HSTUAttentionContext
+    if context_class is None:
+        context_class = JaggedAttentionContext if function is hstu_triton_attention_forward else HSTUAttentionContext
     context = context_class.prepare(
         "test",
         batch["attention_mask"],
@@ -240,7 +243,6 @@ def test_registered_and_padding_positions_are_zero() -> None:
 
 def test_rejects_what_the_kernels_cannot_do() -> None:
     batch = _random_batch([5, 3], num_heads=1, dqk=4, dv=4, max_len=5)
-    bias = _relative_bias(batch, True, True)
     forward = hstu_triton_attention_forward
     with pytest.raises(ValueError, match="no attention dropout.*eager"):
         _attention(forward, batch, dropout=0.1)
@@ -249,19 +251,7 @@ def test_rejects_what_the_kernels_cannot_do() -> None:
     with pytest.raises(ValueError, match="position_weights has 7 entries.*up to 4 tokens.*max_seq_len is 5"):
         _attention(forward, {**batch, "position_weights": batch["position_weights"][:7]})
     with pytest.raises(TypeError, match="needs a JaggedAttentionContext"):
-        context = HSTUAttentionContext.prepare(
-            "eager", batch["attention_mask"], batch["key_timestamps"], batch["query_timestamps"], bias.spec
-        )
-        forward(
-            None,
-            batch["query"],
-            batch["key"],
-            batch["value"],
-            batch["attention_mask"],
-            context=context,
-            relative_bias=bias,
-            normalization=1.0,
-        )
+        _attention(forward, batch, context_class=HSTUAttentionContext)
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
