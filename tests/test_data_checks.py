@@ -35,8 +35,8 @@ from hf_hstu.data import (
     read_interactions,
     read_movielens,
 )
-from hf_hstu.data._progress import PhaseLog, progress
 from hf_hstu.hub.model_card import build_model_card, dataset_display_name, dataset_metadata_id
+from hf_hstu.progress import PhaseLog, progress
 from hf_hstu.training.arguments import DataArguments
 from hf_hstu.training.data import load_training_data
 

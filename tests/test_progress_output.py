@@ -9,7 +9,7 @@ from pathlib import Path
 
 from recommender_testing import TINY_TRAINING_ARGUMENTS, save_tiny_dataset
 
-from hf_hstu.training.progress import PhaseProgress, is_interactive
+from hf_hstu.progress import PhaseProgress, is_interactive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ._progress import progress
+from ..progress import progress
 
 _CHUNK_BYTES = 1 << 20
 

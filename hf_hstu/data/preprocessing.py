@@ -46,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
-from ._progress import library_bars_unless_interactive, progress
+from ..progress import progress, quiet_library_progress_bars
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
 from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
@@ -155,7 +155,7 @@ class SequenceData:
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = staging_dir_beside(output)
         try:
-            with library_bars_unless_interactive():
+            with quiet_library_progress_bars():
                 if format == "arrow":
                     self.dataset.save_to_disk(staging)
                 else:
@@ -190,7 +190,7 @@ class SequenceData:
                 if column.name not in table.column_names:
                     table = table.append_column(column, pa.nulls(len(table), column.type))
             aligned[split] = _in_memory_dataset(table, split, dataset.info.description)
-        with library_bars_unless_interactive(), tempfile.TemporaryDirectory() as folder:
+        with quiet_library_progress_bars(), tempfile.TemporaryDirectory() as folder:
             datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
             paths = [self.item_vocabulary.save(folder), self.user_vocabulary.save(folder), Path(folder) / METADATA_FILE]
             paths[-1].write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..modeling.modeling_recommender import SequentialRecommenderPreTrainedModel
 from ..modeling.retrieval import target_ranks
-from ..training.progress import PhaseProgress, quiet_library_progress_bars
+from ..progress import PhaseProgress, quiet_library_progress_bars
 from .ranking_metrics import DEFAULT_K_VALUES, RankingMetricsAccumulator
 
 

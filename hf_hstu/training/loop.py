@@ -23,11 +23,11 @@ from ..evaluation.ranking import evaluate_ranking
 from ..hub.dataset_card import preprocessing_command
 from ..hub.model_card import dataset_metadata_id
 from ..hub.push import push_checkpoint, write_run_model_card
+from ..progress import PhaseProgress, quiet_library_progress_bars
 from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
 from .data import TrainingData, load_training_data
 from .launch import check_process_launch
 from .model_config import MODEL_CLASSES, build_model_config
-from .progress import PhaseProgress, quiet_library_progress_bars
 from .sampling import EpochSeededSampler, GlobalNegativeSampler
 
 logger = logging.getLogger(__name__)

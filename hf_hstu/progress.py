@@ -1,10 +1,15 @@
-"""Progress of training and evaluation phases: a tqdm bar on a terminal, one line per phase anywhere else.
+"""Progress output: a tqdm bar on a terminal (or in Jupyter), one line per phase anywhere else.
 
-A tqdm bar redrawn with carriage returns is what a terminal needs, but in a log file, a pipe or CI it becomes
-thousands of lines; there, `PhaseProgress` writes one line when the phase ends, and `quiet_library_progress_bars`
-silences the bars of transformers, huggingface_hub and datasets (saving and loading checkpoints, uploads).
+A bar redrawn with carriage returns is what a terminal needs, but in a log file, a pipe or CI it becomes thousands
+of partial lines. Elsewhere, training and evaluation phases (`PhaseProgress`) write one line when they end, data
+pipeline phases (`progress`, a `PhaseLog`) log one line when they start and one when they end (logger
+``hf_hstu.data``, INFO), and `quiet_library_progress_bars` silences the bars of transformers, huggingface_hub and
+datasets (saving, loading, uploading) for the duration.
 """
 
+from __future__ import annotations
+
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -15,6 +20,8 @@ import datasets.utils.logging as datasets_logging
 import huggingface_hub.utils as hub_utils
 from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
+
+data_logger = logging.getLogger("hf_hstu.data")
 
 
 def is_interactive(stream: IO | None = None) -> bool:
@@ -84,3 +91,38 @@ def quiet_library_progress_bars(stream: IO | None = None) -> Iterator[None]:
         (hub_utils.enable_progress_bars if states[1] else hub_utils.disable_progress_bars)()
         if states[2]:
             datasets_logging.enable_progress_bar()
+
+
+class PhaseLog:
+    """The part of tqdm's interface the pipeline uses (``update``, ``set_description``, ``close``, ``with``), as log
+    lines: one per description (phase) and a last one with the total and the time taken."""
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", unit_scale: bool = False):
+        self.total, self.n, self.desc, self.unit, self.unit_scale = total, 0, desc, unit, unit_scale
+        self._start = time.perf_counter()
+        data_logger.info("%s ...", desc)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+        data_logger.info("%s ...", desc)
+
+    def close(self) -> None:
+        done = tqdm.format_sizeof(self.n, self.unit) if self.unit_scale else f"{self.n} {self.unit}"
+        data_logger.info("%s: done (%s in %.1f s)", self.desc, done, time.perf_counter() - self._start)
+
+    def __enter__(self) -> PhaseLog:
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is None:  # a failed phase is reported by its exception, not as done
+            self.close()
+
+
+def progress(total: int | None = None, desc: str = "", unit: str = "it", unit_scale: bool = False) -> tqdm | PhaseLog:
+    """A tqdm bar when stderr is a terminal, else a :class:`PhaseLog` (same arguments)."""
+    if is_interactive():
+        return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale)
+    return PhaseLog(total, desc, unit, unit_scale)
