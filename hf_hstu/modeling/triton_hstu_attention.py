@@ -744,11 +744,6 @@ def hstu_attention_jagged(
             f"seq_offsets must rise from 0 to T = {query.shape[0]} by steps of at most max_seq_len = {max_seq_len}, "
             f"got {seq_offsets.tolist()}"
         )
-    if position_weights is not None and (position_weights.shape[0] + 1) // 2 < max_seq_len:
-        raise ValueError(
-            f"position_weights has {position_weights.shape[0]} entries, which covers sequences of up to "
-            f"{(position_weights.shape[0] + 1) // 2} tokens, but max_seq_len is {max_seq_len}"
-        )
     query_timestamps = key_timestamps = None
     if time_weights is not None:
         # The kernels take the exact integer gap of two timestamps. Relative to their minimum, timestamps spanning
