@@ -112,8 +112,9 @@ def push_checkpoint(
         content: Path | bytes = path
         if name == "config.json":
             config = json.loads(path.read_text(encoding="utf-8"))
-            if portable_config(config) != config:
-                content = (json.dumps(portable_config(config), indent=2, sort_keys=True) + "\n").encode()
+            portable = portable_config(config)
+            if portable != config:
+                content = (json.dumps(portable, indent=2, sort_keys=True) + "\n").encode()
         elif name == "README.md":
             content = card_for_repository(path.read_text(encoding="utf-8"), repo_id).encode()
         operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
