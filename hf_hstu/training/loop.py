@@ -183,6 +183,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
         data: TrainingData = load_training_data(data_args, model_args.max_seq_len)
     config = build_model_config(model_args, data.vocabulary.num_items)
     checkpoint_path = _find_checkpoint(output_dir, training_args.resume_from_checkpoint) if resuming else None
+    dataset_signature = _dataset_signature(data)  # stored in every checkpoint
     if checkpoint_path is not None:
         saved_config = json.loads((checkpoint_path / "model_config.json").read_text())
         differences = _config_differences(saved_config, json.loads(json.dumps(config.to_dict(), sort_keys=True)))
@@ -191,7 +192,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
                 f"Cannot resume from {checkpoint_path}: its model config differs: " + "; ".join(differences)
             )
         saved_dataset = json.loads((checkpoint_path / "dataset.json").read_text())
-        differences = _config_differences(saved_dataset, _dataset_signature(data))
+        differences = _config_differences(saved_dataset, dataset_signature)
         if differences:
             raise ValueError(
                 f"Cannot resume from {checkpoint_path}: it was trained on other data: " + "; ".join(differences)
@@ -329,7 +330,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
             state.best_epoch = state.epoch
             _save_best_model(accelerator, model, data, best_model_dir)
         state.train_seconds = seconds_before + time.perf_counter() - start_time
-        _save_training_state(accelerator, config, data, state, output_dir, training_args.save_total_limit)
+        _save_training_state(accelerator, config, dataset_signature, state, output_dir, training_args.save_total_limit)
         if replaced_run is not None:  # this run has started well: the runs it replaces (also by failed tries) go
             for folder in output_dir.parent.glob(f"{output_dir.name}.replaced-*"):
                 shutil.rmtree(folder)
@@ -419,7 +420,12 @@ def _save_best_model(accelerator: Accelerator, model, data: TrainingData, best_m
 
 
 def _save_training_state(
-    accelerator: Accelerator, config, data: TrainingData, state: TrainingState, output_dir: Path, save_total_limit: int
+    accelerator: Accelerator,
+    config,
+    dataset_signature: dict,
+    state: TrainingState,
+    output_dir: Path,
+    save_total_limit: int,
 ) -> None:
     """Save the full training state atomically: into `epoch_NNNN.tmp`, renamed once every file is written."""
     checkpoint_dir = output_dir / CHECKPOINTS_DIR / f"epoch_{state.epoch:04d}"
@@ -431,7 +437,7 @@ def _save_training_state(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        (staging / "dataset.json").write_text(json.dumps(_dataset_signature(data), indent=2))
+        (staging / "dataset.json").write_text(json.dumps(dataset_signature, indent=2))
         (staging / CHECKPOINT_COMPLETE_FILE).write_text(json.dumps(state.state_dict(), indent=2))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         staging.rename(checkpoint_dir)
