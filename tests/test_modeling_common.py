@@ -519,6 +519,7 @@ def test_bce_temperature_is_its_own_field(model_type):
 
 @pytest.mark.parametrize("preset", ["ml-1m-hstu", "ml-1m-sasrec"])
 def test_paper_presets_supervise_200_positions_of_a_201_event_sequence(preset):
+    """The research switches are the defaults of training runs, so of every preset."""
     from hf_hstu.training.arguments import parse_training_arguments
     from hf_hstu.training.model_config import MODEL_CLASSES, build_model_config
 

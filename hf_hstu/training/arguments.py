@@ -32,10 +32,6 @@ def _hstu(dataset, max_seq_len, hidden_size, layers, heads, head_dim, dropout, n
         "learning_rate": 1e-3,
         "batch_size": 128,
         "temperature": 0.05,
-        # The research code's model switches: it trains on max_seq_len + 1 events (max_seq_len supervised positions)
-        # and its BCE runs at temperature 1; attention dropout stays off (it never applies it).
-        "training_window": "max_seq_len_plus_one",
-        "bce_temperature": 1.0,
     }
 
 
@@ -51,17 +47,11 @@ PRESETS: dict[str, dict] = {
 PRESETS["ml-100k-hstu"] = {**PRESETS["ml-1m-hstu"], "dataset": "ml-100k"}
 PRESETS["beauty-hstu"] = {**PRESETS["books-hstu"], "dataset": "amazon-beauty-5core"}
 PRESETS["sports-hstu"] = {**PRESETS["books-hstu"], "dataset": "amazon-sports-5core"}
-# SASRec twins: same data, width, depth, heads and training; feed-forward hidden = D with ReLU; the research code's
-# layer norms (no affine parameters).
+# SASRec twins: same data, width, depth, heads and training; feed-forward hidden = D with ReLU.
 for _name, _preset in list(PRESETS.items()):
     if not _name.endswith("-large"):
         _twin = {key: value for key, value in _preset.items() if key not in ("attention_dim", "linear_dim")}
-        PRESETS[_name.replace("-hstu", "-sasrec")] = {
-            **_twin,
-            "model_type": "sasrec",
-            "hidden_act": "relu",
-            "post_attention_layernorm_affine": False,
-        }
+        PRESETS[_name.replace("-hstu", "-sasrec")] = {**_twin, "model_type": "sasrec"}
 
 
 @dataclass
@@ -83,20 +73,25 @@ class ModelArguments:
     similarity: str = field(
         default="dot", metadata={"help": "dot, mol (simplified) or mol_full (the research code's)."}
     )
+    # The research code's model switches (the defaults of every run and preset; the model configs' own defaults keep
+    # checkpoints saved before these fields as they were). Attention dropout stays off: the research code never
+    # applies it.
     training_window: str = field(
-        default="max_seq_len",
+        default="max_seq_len_plus_one",
         metadata={
-            "help": "Events of a training sequence the loss reads: max_seq_len, or max_seq_len_plus_one (the research "
-            "code, the presets: every encoded position supervised)."
+            "help": "Events of a training sequence the loss reads: max_seq_len_plus_one (the research code: every "
+            "encoded position supervised, the extra event only a label) or max_seq_len."
         },
     )
     bce_temperature: float | None = field(
-        default=None, metadata={"help": "Temperature of the bce loss (unset: --temperature; the presets: 1.0)."}
+        default=1.0, metadata={"help": "Temperature of the bce loss (the research code: 1.0; unset: --temperature)."}
     )
     hidden_act: str = field(default="relu", metadata={"help": "SASRec feed-forward activation: relu or gelu."})
     post_attention_layernorm_affine: bool = field(
-        default=True,
-        metadata={"help": "SASRec: a learned scale and shift in the post-attention layer norm (presets: false)."},
+        default=False,
+        metadata={
+            "help": "SASRec: a learned scale and shift in the post-attention layer norm (the research code: no)."
+        },
     )
     use_position_bias: bool = field(default=True, metadata={"help": "HSTU relative position bias."})
     use_time_bias: bool = field(default=True, metadata={"help": "HSTU relative time bias."})
