@@ -198,9 +198,10 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         its `_init_weights` writes tensors in place. That includes every module without parameters of its own
         (HSTU attention, the input preprocessors), whose `_init_weights` would then never run. Every write of
         `_init_weights` here goes through `transformers.initialization`, which leaves loaded tensors alone, so
-        that check is not needed: `from_pretrained` still re-initialises nothing it loaded.
+        that check is not needed: `from_pretrained` still re-initialises nothing it loaded. (`is_custom_code` is
+        not passed on, so the base class takes its default, False, in every transformers version.)
         """
-        super()._initialize_weights(module, is_custom_code=False)
+        super()._initialize_weights(module)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
