@@ -89,3 +89,14 @@ def test_dataloader_workers_give_the_same_batches():
     last = test_split[0]
     assert serial[0]["input_ids"][0, -1].item() == last["item_ids"][-1]
     assert serial[0]["target_ids"][0].item() == last["target_item_id"]
+
+
+def test_training_rows_keep_the_training_window_and_evaluation_rows_max_seq_len():
+    collator = SequenceCollator(max_seq_len=2, training_window=3)
+    training = collator(ROWS)  # no targets: every event is a label
+    assert torch.equal(training["input_ids"], tensor([[5, 6, 7], [8, 0, 0], [9, 3, 0]]))
+    evaluation = collator([{**row, **target} for row, target in zip(ROWS, TARGETS, strict=True)])
+    assert torch.equal(evaluation["input_ids"], tensor([[6, 7], [8, 0], [9, 3]]))
+    assert SequenceCollator(max_seq_len=2)(ROWS)["input_ids"].shape == (3, 2)  # the window defaults to max_seq_len
+    with pytest.raises(ValueError, match="training_window must be >= max_seq_len"):
+        SequenceCollator(max_seq_len=3, training_window=2)

@@ -83,9 +83,9 @@ def test_truncation_keeps_the_most_recent_events(model_type):
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_gradients_reach_every_parameter(model_type):
-    overrides = {"similarity": "mol"}
-    model = tiny_model(model_type, **overrides)
+@pytest.mark.parametrize("similarity", ["mol", "mol_full"])
+def test_gradients_reach_every_parameter(model_type, similarity):
+    model = tiny_model(model_type, similarity=similarity)
     batch = right_padded_batch()
     model(**model_inputs(batch), labels=batch["input_ids"]).loss.backward()
     for name, parameter in model.named_parameters():
@@ -110,8 +110,10 @@ def _cyclic_sequences(num_users: int, length: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_learns_next_item_and_ranks_it_first(model_type):
-    model = tiny_model(model_type, seed=0, max_seq_len=6, num_negatives=16)
-    batch = _cyclic_sequences(num_users=60, length=6)
+    """Trained with the research code's window (7 events: all 6 positions supervised), so the last position, which
+    `recommend` reads, was trained too."""
+    model = tiny_model(model_type, seed=0, max_seq_len=6, num_negatives=16, training_window="max_seq_len_plus_one")
+    batch = _cyclic_sequences(num_users=60, length=7)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     losses = []
@@ -155,6 +157,10 @@ def _option_grid():
         {"loss": "bce", "negative_sampling": "in_batch"},
         {"similarity": "mol"},
         {"similarity": "mol", "loss": "bce"},
+        {"similarity": "mol_full", "mol_softmax_dropout": 0.2, "mol_item_dropout": 0.1},
+        {"similarity": "mol_full", "loss": "bce", "mol_gating_qi_hidden_dim": 0},
+        {"l2_normalize_item_embeddings": False},
+        {"training_window": "max_seq_len_plus_one"},
         {"input_preprocessor": "rated"},
         {"input_preprocessor": "combined_item_rating"},
         {"output_postprocessor": "layer_norm"},
@@ -303,6 +309,9 @@ def test_rated_preprocessors_require_ratings():
         ("hstu", {"num_attention_heads": "2"}, "num_attention_heads"),
         ("sasrec", {"num_attention_heads": 3}, "multiple of num_attention_heads"),
         ("sasrec", {"similarity": "cosine"}, "similarity"),
+        ("hstu", {"bce_temperature": 0.0}, "bce_temperature must be positive"),
+        ("sasrec", {"hidden_act": "tanh"}, "hidden_act"),
+        ("hstu", {"training_window": "max_seq_len_plus_two"}, "training_window"),
     ],
 )
 def test_config_validation(model_type, bad, message):
@@ -442,3 +451,88 @@ def test_padding_row_starts_at_zero_and_stays_there(model_type):
     batch = right_padded_batch()
     model(**model_inputs(batch), labels=batch["input_ids"]).loss.backward()
     assert model.item_embeddings.weight.grad[0].abs().sum() == 0
+
+
+def _reference_sampled_softmax(model, states, positives, negatives) -> torch.Tensor:
+    """Cross-entropy of each positive against its negatives (none equal to it here), by the similarity."""
+    table = model.item_table()
+    candidates = torch.cat([positives[:, None], negatives], dim=1)
+    logits = model.similarity(states, table[candidates]) / model.config.temperature
+    return torch.nn.functional.cross_entropy(logits, torch.zeros_like(positives))
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_research_training_window_supervises_every_encoded_position(model_type):
+    """max_seq_len = 8: of a 9-event sequence the research window reads all 9 (8 supervised positions, the 9th event
+    only a label and the query time of the 8th), the default window the most recent 8 (7 supervised)."""
+    model = tiny_model(model_type, training_window="max_seq_len_plus_one").eval()
+    batch = right_padded_batch(lengths=(9, 4))
+    ids, times = batch["input_ids"], batch["timestamps"]
+    generator = torch.Generator().manual_seed(0)
+    negatives = torch.randint(1, NUM_ITEMS + 1, (8 + 3, 8), generator=generator)
+    negatives = torch.where(
+        negatives == torch.cat([ids[0, 1:], ids[1, 1:4]])[:, None], negatives % NUM_ITEMS + 1, negatives
+    )
+    loss = model(**model_inputs(batch), labels=ids, negative_ids=negatives).loss
+    # Reference: the first 8 events of row 0 encoded with the 9th event's time as the request time.
+    first = model(input_ids=ids[:1, :8], timestamps=times[:1, :8], target_timestamps=times[0, 8:9]).last_hidden_state
+    second = model(input_ids=ids[1:, :4], timestamps=times[1:, :4]).last_hidden_state
+    states = torch.cat([first[0], second[0, :3]])
+    positives = torch.cat([ids[0, 1:9], ids[1, 1:4]])
+    torch.testing.assert_close(loss, _reference_sampled_softmax(model, states, positives, negatives))
+    with pytest.raises(ValueError, match=r"one row per supervised position \(11\)"):
+        model(**model_inputs(batch), labels=ids, negative_ids=negatives[:10])
+    model.config.training_window = "max_seq_len"
+    with pytest.raises(ValueError, match=r"one row per supervised position \(10\)"):
+        model(**model_inputs(batch), labels=ids, negative_ids=negatives)
+    model.config.training_window = "max_seq_len_plus_one"
+    without_labels = model(**model_inputs(batch))  # no labels: the most recent max_seq_len events, as before
+    assert without_labels.last_hidden_state[0, 0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_bce_temperature_is_its_own_field(model_type):
+    batch = right_padded_batch()
+    losses = {}
+    for bce_temperature in (None, 0.05, 1.0):
+        model = tiny_model(model_type, loss="bce", bce_temperature=bce_temperature).eval()
+        torch.manual_seed(7)
+        losses[bce_temperature] = model(**model_inputs(batch), labels=batch["input_ids"]).loss
+    torch.testing.assert_close(losses[None], losses[0.05])  # None: the shared temperature (0.05), as before
+    # By hand at temperature 1: -log sigmoid(positive) - log sigmoid(-negative), summed per position, averaged.
+    model = tiny_model(model_type, loss="bce", bce_temperature=1.0).eval()
+    ids = batch["input_ids"]
+    negatives = torch.randint(1, NUM_ITEMS + 1, (int((batch["attention_mask"].sum(1) - 1).sum()), 1))
+    states = model(**model_inputs(batch)).last_hidden_state
+    supervised = torch.nn.functional.pad(ids[:, 1:], (0, 1)) != 0
+    positives = torch.nn.functional.pad(ids[:, 1:], (0, 1))[supervised]
+    table = model.item_table()
+    positive_logits = (states[supervised] * table[positives]).sum(-1)
+    negative_logits = (states[supervised] * table[negatives[:, 0]]).sum(-1)
+    kept = (negatives[:, 0] != positives).float()
+    expected = (
+        -torch.nn.functional.logsigmoid(positive_logits) - torch.nn.functional.logsigmoid(-negative_logits) * kept
+    ).mean()
+    loss = model(**model_inputs(batch), labels=ids, negative_ids=negatives).loss
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("preset", ["ml-1m-hstu", "ml-1m-sasrec"])
+def test_paper_presets_supervise_200_positions_of_a_201_event_sequence(preset):
+    """The research switches are the defaults of training runs, so of every preset."""
+    from hf_hstu.training.arguments import parse_training_arguments
+    from hf_hstu.training.model_config import MODEL_CLASSES, build_model_config
+
+    model_args = parse_training_arguments(["--preset", preset])[0]
+    config = build_model_config(model_args, num_items=NUM_ITEMS)
+    assert (config.max_seq_len, config.max_training_events, config.bce_temperature) == (200, 201, 1.0)
+    if config.model_type == "sasrec":
+        assert not config.post_attention_layernorm_affine and config.hidden_act == "relu"
+    torch.manual_seed(0)
+    model = MODEL_CLASSES[config.model_type][1](config)
+    ids = torch.randint(1, NUM_ITEMS + 1, (1, 201))
+    timestamps = 1_600_000_000 + 60 * torch.arange(201).unsqueeze(0)
+    negatives = torch.randint(1, NUM_ITEMS + 1, (200, config.num_negatives))
+    assert torch.isfinite(model(input_ids=ids, timestamps=timestamps, labels=ids, negative_ids=negatives).loss)
+    with pytest.raises(ValueError, match=r"one row per supervised position \(200\)"):
+        model(input_ids=ids, timestamps=timestamps, labels=ids, negative_ids=negatives[:199])

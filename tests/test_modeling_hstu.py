@@ -131,3 +131,25 @@ def test_concat_ua_changes_the_output_projection():
     batch = right_padded_batch()
     loss = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "timestamps")}, labels=batch["input_ids"]).loss
     assert torch.isfinite(loss)
+
+
+def test_attention_dropout_is_off_by_default_and_an_option():
+    """The research code never applies attention dropout: off by default (and in the paper presets); on request it
+    drops attention weights in training only."""
+    from hf_hstu.training.arguments import PRESETS
+
+    assert HSTUConfig(num_items=3).attention_dropout == 0.0
+    assert "attention_dropout" not in PRESETS["ml-1m-hstu"]
+    batch = right_padded_batch()
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "timestamps", "target_timestamps")}
+    outputs = {}
+    for rate in (0.0, 0.5):
+        model = tiny_model("hstu", attention_dropout=rate).train()  # input and linear dropout are 0 here
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            outputs[rate, seed] = model(**inputs).user_embeddings
+        outputs[rate, "eval"] = model.eval()(**inputs).user_embeddings
+    torch.testing.assert_close(outputs[0.0, 1], outputs[0.0, 2])
+    torch.testing.assert_close(outputs[0.0, 1], outputs[0.0, "eval"])
+    assert not torch.allclose(outputs[0.5, 1], outputs[0.5, 2])
+    torch.testing.assert_close(outputs[0.5, "eval"], outputs[0.0, "eval"])

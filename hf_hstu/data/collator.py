@@ -24,8 +24,10 @@ class SequenceCollator:
     """Turns rows of a preprocessed split (``item_ids``, ``timestamps``[, ``ratings``] lists and, for validation and
     test rows, ``target_item_id``, ``target_timestamp``[, ``target_rating``]) into a batch of torch tensors.
 
-    Each row keeps its most recent ``max_seq_len`` events; the batch is padded (item id 0) to its longest row
-    after truncation, on the right or the left. Output (B = batch size, L = that longest length):
+    Each row keeps its most recent ``max_seq_len`` events (``training_window`` for a row without a target, a training
+    row, whose every event is a label: the model's ``config.training_window`` decides how many it reads); the batch
+    is padded (item id 0) to its longest row after truncation, on the right or the left. Output (B = batch size, L =
+    that longest length):
 
     - ``input_ids``, ``timestamps`` (and ``ratings``): (B, L) int64;
     - ``attention_mask``: (B, L) int64, 1 on events and 0 on padding;
@@ -36,19 +38,28 @@ class SequenceCollator:
     It holds no state beyond its arguments, so it is deterministic and can be pickled into DataLoader workers.
     """
 
-    def __init__(self, max_seq_len: int, padding_side: str = "right", return_jagged: bool = False):
+    def __init__(
+        self,
+        max_seq_len: int,
+        padding_side: str = "right",
+        return_jagged: bool = False,
+        training_window: int | None = None,
+    ):
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        if training_window is not None and training_window < max_seq_len:
+            raise ValueError(f"training_window must be >= max_seq_len ({max_seq_len}), got {training_window}")
         if padding_side not in ("right", "left"):
             raise ValueError(f'padding_side must be "right" or "left", got {padding_side!r}')
         self.max_seq_len = max_seq_len
         self.padding_side = padding_side
         self.return_jagged = return_jagged
+        self.training_window = training_window or max_seq_len
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(max_seq_len={self.max_seq_len}, padding_side={self.padding_side!r}, "
-            f"return_jagged={self.return_jagged})"
+            f"return_jagged={self.return_jagged}, training_window={self.training_window})"
         )
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -57,7 +68,11 @@ class SequenceCollator:
         fields = [name for name in _SEQUENCE_FIELDS if name in rows[0]]
         if "item_ids" not in fields or "timestamps" not in fields:
             raise KeyError(f"rows need 'item_ids' and 'timestamps' lists, got keys {sorted(rows[0])}")
-        lists = {name: [np.asarray(row[name], dtype=np.int64)[-self.max_seq_len :] for row in rows] for name in fields}
+        windows = [self.max_seq_len if row.get("target_item_id") is not None else self.training_window for row in rows]
+        lists = {
+            name: [np.asarray(row[name], dtype=np.int64)[-window:] for row, window in zip(rows, windows, strict=True)]
+            for name in fields
+        }
         lengths = np.array([len(sequence) for sequence in lists["item_ids"]], dtype=np.int64)
         for name in fields[1:]:
             for index, sequence in enumerate(lists[name]):

@@ -25,7 +25,8 @@ class HSTUConfig(SequentialRecommenderConfig):
         linear_dropout (`float`, *optional*, defaults to 0.2):
             Dropout before the output projection of each layer.
         attention_dropout (`float`, *optional*, defaults to 0.0):
-            Dropout on the pointwise attention weights.
+            Dropout on the pointwise attention weights. Off by default: the research code takes a rate but never
+            applies it. With a rate > 0 the Triton kernels (which have no dropout) give way to the eager reference.
         max_output_len (`int`, *optional*, defaults to 11):
             Added to the token length to form the fixed attention normalisation n = max_tokens + max_output_len
             (200 + 11 = 211 for the paper's MovieLens settings).
@@ -42,6 +43,11 @@ class HSTUConfig(SequentialRecommenderConfig):
             Project [u, a, u * a] instead of u * a.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the affine-free layer norms.
+
+    Initialisation (the research code's `hstu.py`): uvqk projection and relative bias tables normal with std
+    `initializer_range`; output projection xavier-uniform weight and PyTorch's default uniform bias
+    (±1/sqrt(fan_in)); every input-preprocessor and similarity matrix xavier-normal (see
+    [`SequentialRecommenderConfig`]).
     """
 
     model_type = "hstu"

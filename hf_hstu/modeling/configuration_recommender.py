@@ -38,6 +38,12 @@ class SequentialRecommenderConfig(PreTrainedConfig):
         max_seq_len (`int`, *optional*, defaults to 200):
             Most recent events of a history the model reads; longer histories are truncated to their most recent
             `max_seq_len` events.
+        training_window (`str`, *optional*, defaults to `"max_seq_len"`):
+            Events of a training sequence (`labels` given) that the loss reads. `"max_seq_len"`: the most recent
+            `max_seq_len` (`max_seq_len - 1` supervised positions). `"max_seq_len_plus_one"`: the most recent
+            `max_seq_len + 1`, as the research code trains (the paper presets): the model still encodes at most
+            `max_seq_len` events, and the extra, most recent one is only the label (and the query time) of the last
+            encoded position, so each of the `max_seq_len` positions is supervised.
         hidden_size (`int`, *optional*, defaults to 50):
             Embedding and model dimension D.
         input_preprocessor (`str`, *optional*, defaults to `"learnable_positional"`):
@@ -61,20 +67,66 @@ class SequentialRecommenderConfig(PreTrainedConfig):
             `"uniform"` over `1..num_items`, or `"in_batch"` (the other positives of the batch).
         temperature (`float`, *optional*, defaults to 0.05):
             Logits are similarities divided by the temperature.
+        bce_temperature (`float`, *optional*):
+            Temperature of the `"bce"` loss; `None` uses `temperature` (the behaviour before this field). The
+            research code's BCE uses 1.0 (the default of `--bce_temperature` in training).
+        l2_normalize_item_embeddings (`bool`, *optional*, defaults to `True`):
+            Whether the item embeddings are L2-normalised before the `"dot"` and `"mol_full"` similarities score
+            them (the research code normalises them). The simplified `"mol"` always reads them raw.
         similarity (`str`, *optional*, defaults to `"dot"`):
-            `"dot"`: dot product of L2-normalised embeddings; `"mol"`: mixture of logits (Zhai et al., KDD 2023).
+            `"dot"`: dot product with the item embeddings. `"mol"`: a simplified mixture of logits (linear
+            component projections and linear gates). `"mol_full"`: the research code's mixture of logits (Zhai et
+            al., KDD 2023; `rails/similarities/mol`): SwiGLU MLPs make `mol_num_user_components` query and
+            `mol_num_item_components` item components (L2-normalised), whose dot products divided by
+            `mol_temperature` are combined with softmax gates from a query MLP, an item MLP and an MLP of the logits
+            (`glu_silu`: silu(g_q * g_x + g_qx)), with dropout on the gate probabilities.
         mol_num_user_components (`int`, *optional*, defaults to 4):
             User-side embedding components of the mixture of logits.
         mol_num_item_components (`int`, *optional*, defaults to 4):
             Item-side embedding components of the mixture of logits.
         mol_component_dim (`int`, *optional*, defaults to 32):
             Dimension of each mixture-of-logits component.
+        mol_query_hidden_dim (`int`, *optional*, defaults to 128):
+            `"mol_full"`: hidden size of the query-component MLP (SwiGLU, then linear).
+        mol_item_hidden_dim (`int`, *optional*, defaults to 128):
+            `"mol_full"`: hidden size of the item-component MLP.
+        mol_query_dropout (`float`, *optional*, defaults to 0.0):
+            `"mol_full"`: dropout on the input of the query-component MLP.
+        mol_item_dropout (`float`, *optional*, defaults to 0.0):
+            `"mol_full"`: dropout on the input of the item-component MLP.
+        mol_gating_query_hidden_dim (`int`, *optional*, defaults to 128):
+            `"mol_full"`: hidden size of the query gating MLP.
+        mol_gating_item_hidden_dim (`int`, *optional*, defaults to 128):
+            `"mol_full"`: hidden size of the item gating MLP.
+        mol_gating_qi_hidden_dim (`int`, *optional*, defaults to 128):
+            `"mol_full"`: hidden size of the gating MLP of the component logits (0: one linear layer).
+        mol_gating_item_dropout (`float`, *optional*, defaults to 0.0):
+            `"mol_full"`: dropout on the input of the item gating MLP.
+        mol_gating_qi_dropout (`float`, *optional*, defaults to 0.0):
+            `"mol_full"`: dropout on the input of the logit gating MLP.
+        mol_softmax_dropout (`float`, *optional*, defaults to 0.0):
+            `"mol_full"`: dropout on the gate probabilities (renormalised to sum 1) in training.
+        mol_temperature (`float`, *optional*, defaults to 1.0):
+            `"mol_full"`: the component logits are the component dot products divided by this.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the normal initialisation of embeddings and projections.
+            Standard deviation of the initialisation of the item embeddings (truncated normal, cut at two standard
+            deviations, as the research code) and of HSTU's uvqk projection and relative bias tables (normal).
+
+    Initialisation (the research code's effective one; `_init_weights`): item embeddings truncated normal as above
+    (row 0, the padding id, zero: the research code leaves a random, never-used row there). The parameters of the
+    input preprocessor (position and rating embeddings, the `"rated"` projection) are xavier-normal in HSTU (its
+    `reset_params` re-initialises everything outside the HSTU blocks and the item embeddings; ≈0.089 for the position
+    table at the ML-1M sizes, where the research table's 211 rows give 0.088) and, in SASRec (whose reset skips the
+    preprocessor), the preprocessor's own truncated normal with std sqrt(1 / hidden_size) cut at two standard
+    deviations (xavier-normal for the `"rated"` projection, which the research code does not have). Similarity
+    weights (`"mol"`, `"mol_full"`) are xavier-normal and their biases zero in both models (the research models'
+    resets re-initialise the similarity's matrices; its SwiGLU keeps the bias as a (1, 2h) matrix that the reset
+    would also draw: here it is a vector, zero). The model-specific parts are stated in each model's config.
     """
 
     num_items: int = interval(min=1)(default=1)
     max_seq_len: int = interval(min=1)(default=200)
+    training_window: Literal["max_seq_len", "max_seq_len_plus_one"] = "max_seq_len"
     hidden_size: int = interval(min=1)(default=50)
     input_preprocessor: Literal["learnable_positional", "rated", "combined_item_rating"] = "learnable_positional"
     num_ratings: int = interval(min=1)(default=5)
@@ -85,10 +137,23 @@ class SequentialRecommenderConfig(PreTrainedConfig):
     num_negatives: int = interval(min=1)(default=128)
     negative_sampling: Literal["uniform", "in_batch"] = "uniform"
     temperature: float = interval(min=0.0, exclude_min=True)(default=0.05)
-    similarity: Literal["dot", "mol"] = "dot"
+    bce_temperature: float | None = None
+    l2_normalize_item_embeddings: bool = True
+    similarity: Literal["dot", "mol", "mol_full"] = "dot"
     mol_num_user_components: int = interval(min=1)(default=4)
     mol_num_item_components: int = interval(min=1)(default=4)
     mol_component_dim: int = interval(min=1)(default=32)
+    mol_query_hidden_dim: int = interval(min=1)(default=128)
+    mol_item_hidden_dim: int = interval(min=1)(default=128)
+    mol_query_dropout: float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    mol_item_dropout: float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    mol_gating_query_hidden_dim: int = interval(min=1)(default=128)
+    mol_gating_item_hidden_dim: int = interval(min=1)(default=128)
+    mol_gating_qi_hidden_dim: int = interval(min=0)(default=128)
+    mol_gating_item_dropout: float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    mol_gating_qi_dropout: float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    mol_softmax_dropout: float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    mol_temperature: float = interval(min=0.0, exclude_min=True)(default=1.0)
     initializer_range: float = interval(min=0.0, max=1.0)(default=0.02)
 
     def __post_init__(self, **kwargs):
@@ -105,6 +170,16 @@ class SequentialRecommenderConfig(PreTrainedConfig):
                 f"{type(self).__name__} has no field '{name}': it is stored but the model does not use it.{hint}"
             )
         super().__post_init__(**kwargs)
+
+    def validate_bce_temperature(self):
+        """Part of `@strict` validation: a BCE temperature, when given, is positive."""
+        if self.bce_temperature is not None and not self.bce_temperature > 0:
+            raise ValueError(f"bce_temperature must be positive or None, got {self.bce_temperature}.")
+
+    @property
+    def max_training_events(self) -> int:
+        """Most recent events of a training sequence (with labels) the loss reads (see `training_window`)."""
+        return self.max_seq_len + (self.training_window == "max_seq_len_plus_one")
 
     @property
     def tokens_per_event(self) -> int:

@@ -77,9 +77,15 @@ class SampledSoftmaxLoss(NegativeSamplingLoss):
 
 
 class BinaryCrossEntropyLoss(NegativeSamplingLoss):
-    """Binary cross-entropy with one sampled negative per positive (a negative equal to its positive is skipped)."""
+    """Binary cross-entropy with one sampled negative per positive (a negative equal to its positive is skipped),
+    at `config.bce_temperature` (`config.temperature` when that is None)."""
 
     num_negatives_per_positive = 1
+
+    def __init__(self, config: SequentialRecommenderConfig) -> None:
+        super().__init__(config)
+        if config.bce_temperature is not None:
+            self.temperature = config.bce_temperature
 
     def forward(self, user_embeddings, positive_ids, item_table, similarity, negative_ids=None) -> torch.Tensor:
         """Mean loss over P supervised positions: user_embeddings (P, D), positive_ids (P,)."""

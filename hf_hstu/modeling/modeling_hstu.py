@@ -24,6 +24,7 @@ from .modeling_recommender import (
     RecommendationOutput,
     SequentialRecommenderOutput,
     SequentialRecommenderPreTrainedModel,
+    init_default_linear_bias,
 )
 
 with contextlib.suppress(ImportError):  # registers the "hstu_triton" attention backend where triton is installed
@@ -108,6 +109,7 @@ class HSTUPreTrainedModel(SequentialRecommenderPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """The research code's `hstu.py` (see [`HSTUConfig`]); uvqk is the generic normal of linear layers."""
         super()._init_weights(module)
         if isinstance(module, RelativeBias):
             for weights in (module.position_weights, module.time_weights):
@@ -115,6 +117,12 @@ class HSTUPreTrainedModel(SequentialRecommenderPreTrainedModel):
                     init.normal_(weights, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, HSTUAttention):
             init.xavier_uniform_(module.o_proj.weight)
+            init_default_linear_bias(module.o_proj)
+
+    def _init_input_preprocessor(self, module: nn.Module) -> None:
+        """HSTU's reset re-initialises every input-preprocessor matrix xavier-normal."""
+        for parameter in module.parameters():
+            init.xavier_normal_(parameter)
 
 
 class HSTUModel(HSTUPreTrainedModel):

@@ -17,7 +17,7 @@ from .configuration_recommender import SequentialRecommenderConfig
 from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
 from .losses import build_loss
 from .retrieval import top_k_items
-from .similarity import build_similarity
+from .similarity import Similarity, build_similarity
 
 # Label value ignored by the loss besides the padding id 0 (the transformers convention).
 IGNORE_INDEX = -100
@@ -57,8 +57,9 @@ class RecommendationOutput(ModelOutput):
 class EventBatch:
     """Inputs checked and moved to right padding, truncated to the most recent `max_seq_len` events.
 
-    All (B, W) tensors are zero at padding; `source_positions` (B, W) maps each kept position back to its column in
-    the caller's (B, N) layout, N = `input_length`.
+    All (B, W) tensors are zero at padding; `labels` holds the item each position predicts (the next event's label,
+    0 where there is none); `source_positions` (B, W) maps each kept position back to its column in the caller's
+    (B, N) layout, N = `input_length`.
     """
 
     input_ids: torch.Tensor
@@ -107,6 +108,18 @@ def _check_range(name: str, values: torch.Tensor, valid: torch.Tensor, low: int,
     if bad.any():
         row, col = (int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"{name}[{row}, {col}] = {int(values[row, col])} is outside [{low}, {high}].")
+
+
+def _truncated_normal_(tensor: torch.Tensor, std: float) -> None:
+    """Normal with `std`, cut at two standard deviations (the research code's `truncated_normal`)."""
+    init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def init_default_linear_bias(linear: nn.Linear) -> None:
+    """PyTorch's default bias of a linear (or 1x1 convolution) layer, uniform in ±1/sqrt(fan_in): what the research
+    code's layers keep where its resets skip vectors."""
+    bound = 1.0 / math.sqrt(linear.in_features)
+    init.uniform_(linear.bias, -bound, bound)
 
 
 def _last_states(hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -178,20 +191,50 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.item_embeddings = value
 
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        """Initialise `module` unless transformers marked it initialised (loaded).
+
+        For code outside transformers, transformers also skips a module whose own parameters are all loaded, in case
+        its `_init_weights` writes tensors in place. That includes every module without parameters of its own
+        (HSTU attention, the input preprocessors), whose `_init_weights` would then never run. Every write of
+        `_init_weights` here goes through `transformers.initialization`, which leaves loaded tensors alone, so
+        that check is not needed: `from_pretrained` still re-initialises nothing it loaded. (`is_custom_code` is
+        not passed on, so the base class takes its default, False, in every transformers version.)
+        """
+        super()._initialize_weights(module)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """The research code's effective initialisation (stated in [`SequentialRecommenderConfig`]). Modules are
+        visited children first, so a container's rule overrides the generic one of its layers."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):  # the item embeddings; the preprocessor's tables are set below
+            _truncated_normal_(module.weight, std)
             # The padding row is a slice, which does not carry the weight's "already loaded" flag: check it here.
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, LearnablePositionalInputPreprocessor):
-            init.trunc_normal_(module.position_embeddings.weight, std=math.sqrt(1.0 / self.config.hidden_size))
+            self._init_input_preprocessor(module)
+        elif isinstance(module, Similarity):
+            for parameter in module.parameters():
+                if parameter.dim() > 1:
+                    init.xavier_normal_(parameter)
+                else:
+                    init.zeros_(parameter)
+
+    def _init_input_preprocessor(self, module: LearnablePositionalInputPreprocessor) -> None:
+        """The research preprocessors' own initialisation: position and rating tables truncated normal with std
+        sqrt(1 / D); the `"rated"` projection xavier-normal. HSTU overrides it (its reset re-initialises them)."""
+        table_std = math.sqrt(1.0 / self.config.hidden_size)
+        _truncated_normal_(module.position_embeddings.weight, table_std)
+        if hasattr(module, "rating_embeddings"):
+            _truncated_normal_(module.rating_embeddings.weight, table_std)
+        if hasattr(module, "rating_proj"):
+            init.xavier_normal_(module.rating_proj.weight)
 
     def encode(
         self,
@@ -219,7 +262,12 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         target_timestamps=None,
         ratings=None,
     ) -> EventBatch:
-        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events."""
+        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events.
+
+        With `labels` and `config.training_window == "max_seq_len_plus_one"`, the most recent `max_seq_len + 1`
+        events are read: the last of them is only the label of the position before it, and its time that
+        position's query time (`target_timestamps`).
+        """
         device = self.item_embeddings.weight.device
         input_ids = _as_tensor("input_ids", input_ids, device, dims=2)
         batch_size, seq_len = input_ids.shape
@@ -263,8 +311,9 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         if target_timestamps is not None:
             target_timestamps = _as_tensor("target_timestamps", target_timestamps, device, 1, (batch_size,))
 
-        kept = lengths.clamp(max=self.config.max_seq_len)
-        start = first + lengths - kept  # drop the oldest events beyond max_seq_len
+        window = self.config.max_training_events if labels is not None else self.config.max_seq_len
+        kept = lengths.clamp(max=window)
+        start = first + lengths - kept  # drop the oldest events beyond the window
         offsets = torch.arange(int(kept.max()), device=device)
         source_positions = (start.unsqueeze(1) + offsets).clamp(max=seq_len - 1)  # (B, W)
         valid = offsets < kept.unsqueeze(1)
@@ -272,15 +321,30 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         def to_right_padding(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.gather(1, source_positions) * valid
 
+        timestamps = to_right_padding(timestamps)
+        if labels is not None:
+            labels = F.pad(to_right_padding(labels)[:, 1:], (0, 1))  # position i predicts the event at i + 1
+        encoded = kept.clamp(max=self.config.max_seq_len)
+        label_only = kept > encoded  # rows whose most recent kept event is only a label
+        if label_only.any():
+            label_times = timestamps.gather(1, (kept - 1).unsqueeze(1)).squeeze(1)  # own last time where not
+            target_timestamps = (
+                label_times if target_timestamps is None else torch.where(label_only, label_times, target_timestamps)
+            )
+        width = int(encoded.max())
+
+        def encoded_part(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[:, :width]
+
         return EventBatch(
-            input_ids=to_right_padding(input_ids),
-            attention_mask=valid,
-            timestamps=to_right_padding(timestamps),
-            ratings=to_right_padding(ratings),
-            labels=to_right_padding(labels),
+            input_ids=encoded_part(to_right_padding(input_ids)),
+            attention_mask=encoded_part(valid),
+            timestamps=encoded_part(timestamps),
+            ratings=encoded_part(to_right_padding(ratings)),
+            labels=encoded_part(labels),
             target_timestamps=target_timestamps,
-            lengths=kept,
-            source_positions=source_positions,
+            lengths=encoded,
+            source_positions=encoded_part(source_positions),
             input_length=seq_len,
         )
 
@@ -366,14 +430,16 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 Unix seconds of each event; required when the model uses a time bias.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Aligned with `input_ids` (pass `labels=input_ids`): position i is trained to predict `labels[i + 1]`.
-                0 and -100 are ignored.
+                0 and -100 are ignored. With `config.training_window == "max_seq_len_plus_one"` the window of a
+                longer sequence is its most recent `max_seq_len + 1` events, the last of them only a label.
             target_timestamps (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Time of the event to predict after the last position (the request time).
             ratings (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Ratings `1..num_ratings` (0 = unknown); required by the rated input preprocessors.
             negative_ids (`torch.LongTensor` of shape `(num_supervised, num_negatives)`, *optional*):
                 Negatives for the loss instead of sampling them: one row per supervised position, in row-major
-                order of (sequence, position) over the right-aligned events (each sequence has `length - 1`).
+                order of (sequence, position) over the right-aligned events (each position whose next event is in
+                the window).
         """
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
         hidden_states = self._encode_in_length_groups(batch)  # (B, W, D)
@@ -382,7 +448,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
 
         loss = None
         if batch.labels is not None:
-            next_labels = F.pad(batch.labels[:, 1:], (0, 1))  # position i predicts the item at i + 1
+            next_labels = batch.labels  # position i predicts the item at i + 1
             supervised = next_labels != 0
             num_supervised = int(supervised.sum())
             if negative_ids is not None:

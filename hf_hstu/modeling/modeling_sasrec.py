@@ -12,20 +12,22 @@ from .modeling_recommender import (
     RecommendationOutput,
     SequentialRecommenderOutput,
     SequentialRecommenderPreTrainedModel,
+    init_default_linear_bias,
 )
 
 
 class SASRecFeedForward(nn.Module):
-    """FFN(z) = z + Dropout(W2 Dropout(ReLU(W1 z)))."""
+    """FFN(z) = z + Dropout(W2 Dropout(act(W1 z))), act = `config.hidden_act` (ReLU or GELU)."""
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout)
+        self.act_fn = F.gelu if config.hidden_act == "gelu" else F.relu
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states + self.dropout(self.down_proj(self.dropout(F.relu(self.up_proj(hidden_states)))))
+        return hidden_states + self.dropout(self.down_proj(self.dropout(self.act_fn(self.up_proj(hidden_states)))))
 
 
 class SASRecBlock(GradientCheckpointingLayer):
@@ -38,7 +40,9 @@ class SASRecBlock(GradientCheckpointingLayer):
         self.self_attn = nn.MultiheadAttention(
             config.hidden_size, config.num_attention_heads, dropout=config.attention_dropout, batch_first=True
         )
-        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(
+            config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=config.post_attention_layernorm_affine
+        )
         self.feed_forward = SASRecFeedForward(config)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -64,11 +68,18 @@ class SASRecPreTrainedModel(SequentialRecommenderPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """The research code's `sasrec.py` (see [`SASRecConfig`]): xavier-normal matrices in the blocks."""
         super()._init_weights(module)
         if isinstance(module, nn.MultiheadAttention):
-            init.xavier_uniform_(module.in_proj_weight)
+            init.xavier_normal_(module.in_proj_weight)
             init.zeros_(module.in_proj_bias)
-        elif isinstance(module, nn.LayerNorm):
+            init.xavier_normal_(module.out_proj.weight)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, SASRecFeedForward):
+            for projection in (module.up_proj, module.down_proj):
+                init.xavier_normal_(projection.weight)
+                init_default_linear_bias(projection)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
             init.ones_(module.weight)
             init.zeros_(module.bias)
 

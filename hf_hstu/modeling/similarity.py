@@ -26,6 +26,16 @@ def _pairwise_dot(user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     return torch.bmm(items, user.unsqueeze(-1)).squeeze(-1)
 
 
+def _component_dots(user_components: torch.Tensor, item_components: torch.Tensor) -> torch.Tensor:
+    """(P, Ku, dc) user components x (C, Ki, dc) shared or (P, C, Ki, dc) per-user item components -> (P, C, Ku * Ki)
+    dot products of every (user, item) component pair."""
+    if item_components.dim() == 3:
+        dots = torch.einsum("pkd,cld->pckl", user_components, item_components)
+    else:
+        dots = torch.einsum("pkd,pcld->pckl", user_components, item_components)
+    return dots.flatten(-2)
+
+
 class Similarity(nn.Module):
     """Base of the similarities: scoring of per-user candidate ids by gathering their representations."""
 
@@ -91,14 +101,19 @@ class SampledDotProduct(torch.autograd.Function):
 
 
 class DotProductSimilarity(Similarity):
-    """Dot product of the user embedding with the L2-normalised item embedding (a cosine for L2 users)."""
+    """Dot product of the user embedding with the item embedding, L2-normalised unless `normalize_items` is False
+    (then a cosine for L2 users)."""
+
+    def __init__(self, normalize_items: bool = True) -> None:
+        super().__init__()
+        self.normalize_items = normalize_items
 
     def score_candidates(self, user_embeddings, item_table, candidate_ids):
         return SampledDotProduct.apply(user_embeddings.to(item_table.dtype), item_table, candidate_ids)
 
     def item_table(self, item_weight: torch.Tensor) -> torch.Tensor:
-        """(num_items + 1, D) raw embeddings -> (num_items + 1, D) unit-length item representations."""
-        return l2_normalize(item_weight)
+        """(num_items + 1, D) raw embeddings -> (num_items + 1, D) item representations (unit length by default)."""
+        return l2_normalize(item_weight) if self.normalize_items else item_weight
 
     def forward(self, user_embeddings: torch.Tensor, item_representations: torch.Tensor) -> torch.Tensor:
         return _pairwise_dot(user_embeddings, item_representations)
@@ -138,17 +153,100 @@ class MixtureOfLogitsSimilarity(Similarity):
         user_components = l2_normalize(
             self.user_proj(user_embeddings).unflatten(-1, (self.num_user_components, -1))
         )  # (P, Ku, dc)
-        if item_components.dim() == 3:  # candidates shared by all users: (C, Ki, dc)
-            cosines = torch.einsum("pkd,cld->pckl", user_components, item_components)
-        else:  # one candidate set per user: (P, C, Ki, dc)
-            cosines = torch.einsum("pkd,pcld->pckl", user_components, item_components)
-        cosines = cosines.flatten(-2)  # (P, C, Ku * Ki)
+        cosines = _component_dots(user_components, item_components)  # (P, C, Ku * Ki)
         gate_logits = self.user_gate(user_embeddings).unsqueeze(1) + item_gate_logits + self.logit_gate(cosines)
         return (F.softmax(gate_logits, dim=-1) * cosines).sum(-1)
+
+
+class SwiGLU(nn.Module):
+    """silu(x W_a + b_a) * (x W_b + b_b) (Shazeer, 2020), both halves from one (in, 2 out) projection."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, value = self.proj(hidden_states).chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+
+def _gating_mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float, out_bias: bool) -> nn.Sequential:
+    """Dropout -> Linear -> SiLU -> Linear: a gating network of the full mixture of logits."""
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, out_dim, bias=out_bias)
+    )
+
+
+class FullMixtureOfLogitsSimilarity(Similarity):
+    """The research code's mixture of logits (`rails/similarities/mol`, Zhai et al., KDD 2023), without its
+    load-balancing auxiliary loss.
+
+    Query and item components come from MLPs (dropout, SwiGLU, linear) and are L2-normalised; the component logits
+    l = <q_k, x_l> / mol_temperature of every (query, item) component pair are combined with gate probabilities
+
+        pi = softmax(silu(g_q(u) * g_x(x) + g_l(l))),  logit(u, x) = sum_kl pi_kl * l_kl,
+
+    where g_q, g_x, g_l are MLPs of the user embedding, the item embedding and the logits. In training, dropout on
+    pi is followed by renormalisation to sum 1. The item MLPs run once per step over the whole table
+    (`item_table`), so an item's dropout mask is shared by the users of a step.
+    """
+
+    def __init__(self, config: SequentialRecommenderConfig) -> None:
+        super().__init__()
+        self.num_user_components = config.mol_num_user_components
+        self.num_item_components = config.mol_num_item_components
+        self.component_dim = config.mol_component_dim
+        self.temperature = config.mol_temperature
+        self.softmax_dropout = config.mol_softmax_dropout
+        self.normalize_items = config.l2_normalize_item_embeddings
+        hidden_size, num_pairs = config.hidden_size, self.num_user_components * self.num_item_components
+        self.query_proj = nn.Sequential(
+            nn.Dropout(config.mol_query_dropout),
+            SwiGLU(hidden_size, config.mol_query_hidden_dim),
+            nn.Linear(config.mol_query_hidden_dim, self.num_user_components * self.component_dim),
+        )
+        self.item_proj = nn.Sequential(
+            nn.Dropout(config.mol_item_dropout),
+            SwiGLU(hidden_size, config.mol_item_hidden_dim),
+            nn.Linear(config.mol_item_hidden_dim, self.num_item_components * self.component_dim),
+        )
+        self.query_gate = _gating_mlp(hidden_size, config.mol_gating_query_hidden_dim, num_pairs, 0.0, False)
+        self.item_gate = _gating_mlp(
+            hidden_size, config.mol_gating_item_hidden_dim, num_pairs, config.mol_gating_item_dropout, False
+        )
+        if config.mol_gating_qi_hidden_dim > 0:
+            self.logit_gate = _gating_mlp(
+                num_pairs, config.mol_gating_qi_hidden_dim, num_pairs, config.mol_gating_qi_dropout, True
+            )
+        else:
+            self.logit_gate = nn.Sequential(nn.Dropout(config.mol_gating_qi_dropout), nn.Linear(num_pairs, num_pairs))
+
+    def item_table(self, item_weight: torch.Tensor) -> torch.Tensor:
+        """(num_items + 1, D) -> (num_items + 1, K_i * d_c + K_u * K_i): unit item components, then item gates."""
+        items = l2_normalize(item_weight) if self.normalize_items else item_weight
+        components = l2_normalize(self.item_proj(items).unflatten(-1, (self.num_item_components, -1)))
+        return torch.cat([components.flatten(-2), self.item_gate(items)], dim=-1)
+
+    def forward(self, user_embeddings: torch.Tensor, item_representations: torch.Tensor) -> torch.Tensor:
+        component_size = self.num_item_components * self.component_dim
+        item_components = item_representations[..., :component_size].unflatten(-1, (self.num_item_components, -1))
+        item_gates = item_representations[..., component_size:]  # (C, KK) or (P, C, KK)
+        user_components = l2_normalize(
+            self.query_proj(user_embeddings).unflatten(-1, (self.num_user_components, -1))
+        )  # (P, Ku, dc)
+        logits = _component_dots(user_components, item_components) / self.temperature  # (P, C, Ku * Ki)
+        gates = self.query_gate(user_embeddings).unsqueeze(1) * item_gates + self.logit_gate(logits)
+        weights = F.softmax(F.silu(gates), dim=-1)
+        if self.training and self.softmax_dropout > 0:
+            weights = F.dropout(weights, p=self.softmax_dropout)
+            weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
+        return (weights * logits).sum(-1)
 
 
 def build_similarity(config: SequentialRecommenderConfig) -> Similarity:
     """The similarity named by `config.similarity`."""
     if config.similarity == "mol":
         return MixtureOfLogitsSimilarity(config)
-    return DotProductSimilarity()
+    if config.similarity == "mol_full":
+        return FullMixtureOfLogitsSimilarity(config)
+    return DotProductSimilarity(config.l2_normalize_item_embeddings)

@@ -70,7 +70,29 @@ class ModelArguments:
     temperature: float = field(default=0.05)
     loss: str = field(default="sampled_softmax", metadata={"help": "sampled_softmax or bce."})
     negative_sampling: str = field(default="uniform", metadata={"help": "uniform or in_batch."})
-    similarity: str = field(default="dot", metadata={"help": "dot or mol."})
+    similarity: str = field(
+        default="dot", metadata={"help": "dot, mol (simplified) or mol_full (the research code's)."}
+    )
+    # The research code's model switches (the defaults of every run and preset; the model configs' own defaults keep
+    # checkpoints saved before these fields as they were). Attention dropout stays off: the research code never
+    # applies it.
+    training_window: str = field(
+        default="max_seq_len_plus_one",
+        metadata={
+            "help": "Events of a training sequence the loss reads: max_seq_len_plus_one (the research code: every "
+            "encoded position supervised, the extra event only a label) or max_seq_len."
+        },
+    )
+    bce_temperature: float | None = field(
+        default=1.0, metadata={"help": "Temperature of the bce loss (the research code: 1.0; unset: --temperature)."}
+    )
+    hidden_act: str = field(default="relu", metadata={"help": "SASRec feed-forward activation: relu or gelu."})
+    post_attention_layernorm_affine: bool = field(
+        default=False,
+        metadata={
+            "help": "SASRec: a learned scale and shift in the post-attention layer norm (the research code: no)."
+        },
+    )
     use_position_bias: bool = field(default=True, metadata={"help": "HSTU relative position bias."})
     use_time_bias: bool = field(default=True, metadata={"help": "HSTU relative time bias."})
     config_overrides: str | None = field(

@@ -19,6 +19,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from ..data import SequenceCollator
 from ..evaluation.ranking import evaluate_ranking
 from ..hub.dataset_card import preprocessing_command
 from ..hub.model_card import dataset_metadata_id
@@ -209,7 +210,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
         data.splits["train"],
         batch_size=training_args.batch_size,
         sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
-        collate_fn=data.collator,
+        # Training rows keep the events the loss reads (one more than max_seq_len with the research window).
+        collate_fn=SequenceCollator(config.max_seq_len, training_window=config.max_training_events),
         num_workers=data_args.dataloader_num_workers,
         drop_last=False,
     )

@@ -32,6 +32,8 @@ def build_model_config(model_args: ModelArguments, num_items: int) -> Sequential
         "loss": model_args.loss,
         "negative_sampling": model_args.negative_sampling,
         "similarity": model_args.similarity,
+        "training_window": model_args.training_window,
+        "bce_temperature": model_args.bce_temperature,
     }
     if model_args.model_type == "hstu":
         values.update(
@@ -42,7 +44,12 @@ def build_model_config(model_args: ModelArguments, num_items: int) -> Sequential
             use_time_bias=model_args.use_time_bias,
         )
     else:
-        values.update(attention_dropout=model_args.dropout, hidden_dropout=model_args.dropout)
+        values.update(
+            attention_dropout=model_args.dropout,
+            hidden_dropout=model_args.dropout,
+            hidden_act=model_args.hidden_act,
+            post_attention_layernorm_affine=model_args.post_attention_layernorm_affine,
+        )
     values.update(_parse_overrides(model_args.config_overrides, config_class))
     return config_class(**values)
 
