@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
+from .cache_recommender import CachedBlock, SequentialRecommenderCache
 from .checkpoint_files import naming_corrupt_weights
 from .configuration_recommender import SequentialRecommenderConfig
 from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
@@ -33,11 +35,14 @@ class SequentialRecommenderOutput(ModelOutput):
         by truncation to `max_seq_len`). Position i's embedding scores candidates for the event after i.
     user_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The output embedding of each sequence's last real position: the user representation for the next item.
+    cache (`SequentialRecommenderCache`, *optional*, returned when `use_cache=True` or a `cache` is given):
+        The encoded histories, to continue with new events (incremental inference).
     """
 
     loss: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     user_embeddings: torch.FloatTensor | None = None
+    cache: Cache | None = None
 
 
 @dataclass
@@ -210,6 +215,25 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement encode()")
 
+    def encode_cached(
+        self,
+        token_embeddings: torch.Tensor,
+        block: CachedBlock,
+        key_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        cache: SequentialRecommenderCache,
+    ) -> torch.Tensor:
+        """`encode` of a block of a window's tokens, attending to the keys and values of the window's earlier tokens
+        in `cache` and writing the block's into it (incremental inference).
+
+        Args:
+            token_embeddings: (B, P) block tokens, (B, P, D), zero at padding.
+            block: where the block's tokens are in the window (`CachedBlock`).
+            key_timestamps: (B, T) int64 time of every token of the window.
+            query_timestamps: (B, P) int64 time of the event each block token predicts.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental inference (cache)")
+
     def _prepare_batch(
         self,
         input_ids,
@@ -218,8 +242,10 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         labels=None,
         target_timestamps=None,
         ratings=None,
+        allow_empty: bool = False,
     ) -> EventBatch:
-        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events."""
+        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events. With
+        `allow_empty` (events appended to a cache) a row may have none."""
         device = self.item_embeddings.weight.device
         input_ids = _as_tensor("input_ids", input_ids, device, dims=2)
         batch_size, seq_len = input_ids.shape
@@ -228,15 +254,16 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         else:
             mask = _as_tensor("attention_mask", attention_mask, device, 2, (batch_size, seq_len)) != 0
         lengths = mask.sum(1)
-        if (lengths == 0).any():
+        if not allow_empty and (lengths == 0).any():
             raise ValueError(
                 f"attention_mask row {int(torch.nonzero(lengths == 0)[0])} has no item: every "
                 "sequence needs at least one event."
             )
         first = mask.int().argmax(1)
         last = seq_len - 1 - mask.flip(1).int().argmax(1)
-        if (last - first + 1 != lengths).any():
-            row = int(torch.nonzero(last - first + 1 != lengths)[0])
+        gaps = (last - first + 1 != lengths) & (lengths > 0)
+        if gaps.any():
+            row = int(torch.nonzero(gaps)[0])
             raise ValueError(
                 f"attention_mask row {row} has a gap: the real events must be contiguous (left or right padding)."
             )
@@ -341,6 +368,73 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             group_states.append(F.pad(states, (0, 0, 0, width - states.shape[1])))
         return torch.cat(group_states)[torch.argsort(torch.cat(group_rows))]
 
+    def _forward_cached(
+        self,
+        input_ids,
+        attention_mask,
+        timestamps,
+        target_timestamps,
+        ratings,
+        cache: SequentialRecommenderCache | None,
+    ) -> SequentialRecommenderOutput:
+        """`forward` with a cache: append the new events (possibly none) to each row of `cache` (a new one when None)
+        and compute what they change (see `SequentialRecommenderCache`)."""
+        if self.training:
+            raise ValueError(
+                "use_cache and cache are for inference: call model.eval() first (training encodes whole histories, "
+                "with dropout)."
+            )
+        cache = SequentialRecommenderCache() if cache is None else cache
+        if not isinstance(cache, SequentialRecommenderCache):
+            raise TypeError(
+                f"cache must be the SequentialRecommenderCache a previous call returned, got {type(cache).__name__}."
+            )
+        device = self.item_embeddings.weight.device
+        no_events = input_ids is None
+        if no_events:
+            if cache.batch_size is None:
+                raise ValueError("input_ids is required unless cache holds encoded histories.")
+            input_ids = attention_mask = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+            timestamps, ratings = input_ids, (input_ids if cache.ratings is not None else None)
+        new = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings, True)
+        seen = _as_tensor("input_ids", input_ids, device, dims=2)
+        if attention_mask is not None:
+            seen = seen * (torch.as_tensor(attention_mask, device=device) != 0)
+        step = cache.append_events(
+            new.input_ids, new.timestamps, new.ratings, new.lengths, seen, self.config.max_seq_len
+        )
+
+        tokens_per_event = self.config.tokens_per_event
+        tokens, _, token_timestamps = self.input_preprocessor(
+            self.item_embeddings(step.input_ids), step.attention_mask, step.timestamps, step.ratings
+        )
+        query_timestamps = next_event_timestamps(
+            token_timestamps, step.lengths * tokens_per_event, new.target_timestamps
+        )
+        block = CachedBlock.from_starts(step.start * tokens_per_event, step.lengths * tokens_per_event)
+        block_tokens = tokens.gather(1, block.positions.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        token_states = self.encode_cached(
+            block_tokens * block.mask.unsqueeze(-1),
+            block,
+            token_timestamps,
+            query_timestamps.gather(1, block.positions),
+            cache,
+        )
+        block_events = step.lengths - step.start  # (B,) events computed in each row, the new ones last
+        event_mask = torch.arange(block.mask.shape[1] // tokens_per_event, device=device) < block_events.unsqueeze(1)
+        event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states)) * event_mask[..., None]
+
+        last_hidden_state = event_states.new_zeros(new.input_ids.shape[0], new.input_length, event_states.shape[-1])
+        rows, cols = torch.nonzero(new.attention_mask, as_tuple=True)
+        first_new = block_events - new.lengths  # block index of each row's first new event
+        last_hidden_state[rows, new.source_positions[rows, cols]] = event_states[rows, first_new[rows] + cols]
+        return SequentialRecommenderOutput(
+            last_hidden_state=last_hidden_state[:, : 0 if no_events else None],
+            user_embeddings=_last_states(event_states, block_events),
+            cache=cache,
+        )
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -351,6 +445,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         target_timestamps: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
         negative_ids: torch.LongTensor | None = None,
+        cache: SequentialRecommenderCache | None = None,
+        use_cache: bool = False,
         **kwargs,
     ) -> SequentialRecommenderOutput:
         r"""
@@ -374,7 +470,19 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             negative_ids (`torch.LongTensor` of shape `(num_supervised, num_negatives)`, *optional*):
                 Negatives for the loss instead of sampling them: one row per supervised position, in row-major
                 order of (sequence, position) over the right-aligned events (each sequence has `length - 1`).
+            cache (`SequentialRecommenderCache`, *optional*):
+                The cache of the histories so far (returned by a call with `use_cache=True`): then `input_ids`,
+                `attention_mask`, `timestamps` and `ratings` hold only the new events of each row (any number, none
+                included; `input_ids=None` for none at all), which are appended to the cache in place, and
+                `last_hidden_state` covers the new events. Eval mode only, no `labels`.
+            use_cache (`bool`, *optional*, defaults to `False`):
+                Return the encoded histories as `cache` (a new one when none is given). `past_key_values`, the name
+                before transformers 5's rename, is accepted for `cache` (with a deprecation warning).
         """
+        if use_cache or cache is not None:
+            if labels is not None or negative_ids is not None:
+                raise ValueError("labels cannot be combined with use_cache or cache: the cache is for inference.")
+            return self._forward_cached(input_ids, attention_mask, timestamps, target_timestamps, ratings, cache)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
         hidden_states = self._encode_in_length_groups(batch)  # (B, W, D)
         batch_size = hidden_states.shape[0]
@@ -417,22 +525,36 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             loss=loss, last_hidden_state=last_hidden_state, user_embeddings=user_embeddings
         )
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @torch.no_grad()
     def embed_users(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         timestamps: torch.LongTensor | None = None,
         target_timestamps: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
         chunk_size: int | None = None,
+        cache: SequentialRecommenderCache | None = None,
     ) -> torch.Tensor:
         r"""
         (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
         chunks of at most `chunk_size` rows of similar length (default: `length_group_size`, or 256 where that is
         the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
-        of `forward`.
+        of `forward`; with `cache` they are the new events, appended to the cache in place (the whole
+        batch at once).
         """
+        if input_ids is None and cache is None:
+            raise ValueError("input_ids is required unless cache holds encoded histories.")
+        if cache is not None:
+            was_training = self.training
+            self.eval()
+            try:
+                return self._forward_cached(
+                    input_ids, attention_mask, timestamps, target_timestamps, ratings, cache
+                ).user_embeddings
+            finally:
+                self.train(was_training)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
         chunk_size = chunk_size or self.group_size_for(batch.input_ids.device) or 256
         user_embeddings = None
@@ -448,10 +570,11 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             self.train(was_training)
         return user_embeddings
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @torch.no_grad()
     def recommend(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         timestamps: torch.LongTensor | None = None,
         target_timestamps: torch.LongTensor | None = None,
@@ -459,6 +582,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         filter_seen: bool = True,
         candidate_ids: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
+        cache: SequentialRecommenderCache | None = None,
     ) -> RecommendationOutput:
         r"""
         Top-k next items for each history, scored against the whole catalogue (or `candidate_ids`).
@@ -475,6 +599,9 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             filter_seen (`bool`): never return an item of the user's history.
             candidate_ids (`torch.LongTensor` of shape `(num_candidates,)` or `(batch_size, num_candidates)`,
                 *optional*): restrict the ranking to these item ids.
+            cache (`SequentialRecommenderCache`, *optional*):
+                Rank from cached histories: the inputs are then the new events (or `input_ids=None`), appended to the
+                cache in place, and `filter_seen` filters every item given to the cache so far.
 
         Returns:
             [`RecommendationOutput`] with `item_ids` and `scores` of shape `(batch_size, k)`, best first. The padding
@@ -488,10 +615,14 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             )
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        user_embeddings = self.embed_users(input_ids, attention_mask, timestamps, target_timestamps, ratings)
+        user_embeddings = self.embed_users(
+            input_ids, attention_mask, timestamps, target_timestamps, ratings, cache=cache
+        )
         device = user_embeddings.device
         exclude_ids = None
-        if filter_seen:
+        if filter_seen and cache is not None:
+            exclude_ids = cache.seen_item_ids
+        elif filter_seen:
             exclude_ids = torch.as_tensor(input_ids, device=device).long()
             if attention_mask is not None:
                 exclude_ids = exclude_ids * (torch.as_tensor(attention_mask, device=device) != 0)
