@@ -61,7 +61,21 @@ def test_appending_events_equals_a_full_recompute(variant, left_padding):
     numbers, zero included), past max_seq_len too: user embeddings, the new events' states and the recommendation
     scores of the cached path equal those of a full recompute."""
     model_type, overrides = VARIANTS[variant]
+    check_every_split(tiny_model(model_type, seed=1, **overrides).eval(), left_padding)
+
+
+@pytest.mark.parametrize("variant", ["hstu", "sasrec"])
+def test_rows_computed_in_groups_equal_a_full_recompute(variant):
+    """With length_group_size 1 or 2 the rows' blocks are computed in groups (longest first; the rows whose window
+    slides alone), reading and writing their own rows of the cache."""
+    model_type, overrides = VARIANTS[variant]
     model = tiny_model(model_type, seed=1, **overrides).eval()
+    for group_size in (1, 2):
+        model.length_group_size = group_size
+        check_every_split(model, left_padding=False)
+
+
+def check_every_split(model, left_padding: bool) -> None:
     batch = right_padded_batch(seed=2, lengths=LENGTHS)
     lengths = batch["attention_mask"].sum(1)
     for prefix_len in range(1, int(lengths.max())):

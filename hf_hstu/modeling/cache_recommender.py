@@ -16,9 +16,12 @@ What stays valid when events are appended (HSTU, for each layer l and token posi
 - SASRec has no query time: all its keys and values stay valid; it recomputes the last event too, which changes
   nothing but keeps one code path.
 - When the history passes `max_seq_len` the window slides: every position shifts, so no cached tensor stays valid
-  and the row is recomputed from the raw events of its new window (the most recent `max_seq_len` events): the
-  result equals a full recompute of those events. A user past `max_seq_len` therefore pays a full recompute per
-  call; the cache still saves re-sending the history.
+  and the row is recomputed from the raw events of its new window (the most recent `max_seq_len` events), by the
+  ordinary full forward pass: the result equals a full recompute of those events. Its keys and values are not kept:
+  once a window is full every appended event slides it again, so they would never be read. A later call without new
+  events (a new request time only) recomputes such a window through the cache and keeps its keys and values again.
+  A user past `max_seq_len` therefore pays a full recompute per new event; the cache still saves re-sending the
+  history.
 """
 
 from __future__ import annotations
@@ -39,19 +42,32 @@ class CachedBlock:
     Rows are right-padded: `positions` (B, P) is the window position of each computed token (clamped into the
     window at padding), `mask` (B, P) marks real ones, `masked_out` (B, 1, P, width) the keys each token does not
     attend to (later positions), and (`rows`, `cols`) index the real tokens, whose keys and values the layers write
-    into the cache at `positions[rows, cols]`.
+    into the cache at `positions[rows, cols]`. Windows never exceed `capacity` tokens (the model's `max_tokens`).
+    `batch_rows` (B,) are the cache rows of the block's rows when the block holds some of the cache's `cache_rows`
+    (None: all, in order).
     """
 
     positions: torch.Tensor
     mask: torch.Tensor
     width: int
+    capacity: int
     masked_out: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
+    cache_rows: int
+    batch_rows: torch.Tensor | None = None
 
     @classmethod
-    def from_starts(cls, start_tokens: torch.Tensor, num_tokens: torch.Tensor) -> CachedBlock:
-        """The block of tokens `start_tokens[b] .. num_tokens[b] - 1` of each row of a window."""
+    def from_starts(
+        cls,
+        start_tokens: torch.Tensor,
+        num_tokens: torch.Tensor,
+        capacity: int,
+        cache_rows: int,
+        batch_rows: torch.Tensor | None = None,
+    ) -> CachedBlock:
+        """The block of tokens `start_tokens[b] .. num_tokens[b] - 1` of each row of a window of at most `capacity`
+        tokens."""
         device = num_tokens.device
         block_tokens = num_tokens - start_tokens
         offsets = torch.arange(int(block_tokens.max()), device=device)
@@ -61,7 +77,7 @@ class CachedBlock:
         key_positions = torch.arange(width, device=device)
         masked_out = (key_positions.view(1, 1, width) > positions.unsqueeze(2)).unsqueeze(1)
         rows, cols = torch.nonzero(mask, as_tuple=True)
-        return cls(positions=positions, mask=mask, width=width, masked_out=masked_out, rows=rows, cols=cols)
+        return cls(positions, mask, width, capacity, masked_out, rows, cols, cache_rows, batch_rows)
 
 
 @dataclass(frozen=True)
@@ -101,16 +117,16 @@ class CachedHSTUAttentionContext(HSTUAttentionContext):
 
 
 class RecommenderCacheLayer(CacheLayerMixin):
-    """Keys and values of one layer at each token position of the window, stored (B, T, H, d)."""
+    """Keys and values (B, H, T, d) of one layer at each token position of the window. T grows by doubling, up to the
+    largest window: appending rarely copies them."""
 
     is_compileable = False
     is_croppable = False
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        batch_size, num_heads = key_states.shape[:2]
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, batch_size: int) -> None:
         self.device = key_states.device
-        self.keys = key_states.new_zeros(batch_size, 0, num_heads, key_states.shape[-1])
-        self.values = value_states.new_zeros(batch_size, 0, num_heads, value_states.shape[-1])
+        self.keys = key_states.new_zeros(batch_size, key_states.shape[1], 0, key_states.shape[-1])
+        self.values = value_states.new_zeros(batch_size, value_states.shape[1], 0, value_states.shape[-1])
         self.is_initialized = True
 
     def update(
@@ -119,21 +135,24 @@ class RecommenderCacheLayer(CacheLayerMixin):
         """Write the block's (B, H, P, d) keys and values at their window positions; return the window's keys and
         values (B, H, T, d)."""
         if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        if self.keys.shape[1] < block.width:
-            grow = block.width - self.keys.shape[1]
-            self.keys = F.pad(self.keys, (0, 0, 0, 0, 0, grow))
-            self.values = F.pad(self.values, (0, 0, 0, 0, 0, grow))
+            self.lazy_initialization(key_states, value_states, block.cache_rows)
+        if self.keys.shape[2] < block.width:
+            grow = max(block.width, min(2 * self.keys.shape[2], block.capacity)) - self.keys.shape[2]
+            self.keys = F.pad(self.keys, (0, 0, 0, grow))
+            self.values = F.pad(self.values, (0, 0, 0, grow))
         positions = block.positions[block.rows, block.cols]
-        self.keys[block.rows, positions] = key_states.transpose(1, 2)[block.rows, block.cols]
-        self.values[block.rows, positions] = value_states.transpose(1, 2)[block.rows, block.cols]
-        return self.keys[:, : block.width].transpose(1, 2), self.values[:, : block.width].transpose(1, 2)
+        cache_rows = block.rows if block.batch_rows is None else block.batch_rows[block.rows]
+        self.keys[cache_rows, :, positions] = key_states[block.rows, :, block.cols]
+        self.values[cache_rows, :, positions] = value_states[block.rows, :, block.cols]
+        if block.batch_rows is None:
+            return self.keys[:, :, : block.width], self.values[:, :, : block.width]
+        return self.keys[block.batch_rows, :, : block.width], self.values[block.batch_rows, :, : block.width]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length(), 0
 
     def get_seq_length(self) -> int:
-        return 0 if not self.is_initialized else self.keys.shape[1]
+        return 0 if not self.is_initialized else self.keys.shape[2]
 
     def get_max_length(self) -> int:
         return -1
@@ -147,17 +166,31 @@ class RecommenderCacheLayer(CacheLayerMixin):
 @dataclass(frozen=True)
 class CacheStep:
     """One cached forward pass: each row's window after appending the new events (right-padded (B, W) raw events,
-    zero at padding) and the first window event whose outputs are (re)computed (`start`, (B,))."""
+    zero at padding), the first window event whose outputs are (re)computed (`start`, (B,)) and the rows whose
+    window slid (`slid`, (B,) bool; their `start` is 0 and no keys or values of theirs are cached)."""
 
     input_ids: torch.Tensor
     timestamps: torch.Tensor
     ratings: torch.Tensor | None
     lengths: torch.Tensor
     start: torch.Tensor
+    slid: torch.Tensor
 
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.arange(self.input_ids.shape[1], device=self.input_ids.device) < self.lengths.unsqueeze(1)
+    def select(self, rows: torch.Tensor) -> CacheStep:
+        """The given rows, trimmed to their longest window."""
+        width = int(self.lengths[rows].max())
+
+        def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[rows, :width]
+
+        return CacheStep(
+            take(self.input_ids),
+            take(self.timestamps),
+            take(self.ratings),
+            self.lengths[rows],
+            self.start[rows],
+            self.slid[rows],
+        )
 
 
 def _append_rows(old: torch.Tensor, old_lengths: torch.Tensor, new: torch.Tensor, new_lengths: torch.Tensor):
@@ -192,6 +225,7 @@ class SequentialRecommenderCache(Cache):
         self.ratings: torch.Tensor | None = None
         self.lengths: torch.Tensor | None = None  # (B,) events in each row's window
         self.seen_item_ids: torch.Tensor | None = None  # (B, S) every item id given so far, 0 = padding
+        self.keys_cached: torch.Tensor | None = None  # (B,) bool: the layers hold the row's keys and values
 
     @property
     def batch_size(self) -> int | None:
@@ -218,6 +252,7 @@ class SequentialRecommenderCache(Cache):
             self.input_ids, self.timestamps, self.lengths = empty, empty, torch.zeros_like(lengths)
             self.ratings = None if ratings is None else empty
             self.seen_item_ids = empty
+            self.keys_cached = lengths == 0
         elif lengths.shape[0] != self.lengths.shape[0]:
             raise ValueError(
                 f"input_ids has {lengths.shape[0]} rows but cache holds {self.lengths.shape[0]} histories."
@@ -233,13 +268,15 @@ class SequentialRecommenderCache(Cache):
             columns = dropped.unsqueeze(1) + torch.arange(int(kept.max()), device=appended.device)
             return appended.gather(1, columns.clamp(max=appended.shape[1] - 1)) * (columns < total.unsqueeze(1))
 
-        start = torch.where((dropped > 0) | (self.lengths == 0), 0, self.lengths - 1)
+        slid = dropped > 0
+        start = torch.where(slid | ~self.keys_cached, 0, self.lengths - 1)
+        self.keys_cached = ~slid
         self.input_ids = window(self.input_ids, input_ids)
         self.timestamps = window(self.timestamps, timestamps)
         self.ratings = None if ratings is None else window(self.ratings, ratings)
         self.lengths = kept
         self.seen_item_ids = torch.cat([self.seen_item_ids, seen_item_ids], dim=1)
-        return CacheStep(self.input_ids, self.timestamps, self.ratings, kept, start)
+        return CacheStep(self.input_ids, self.timestamps, self.ratings, kept, start, slid)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Events in the longest window."""
@@ -248,7 +285,7 @@ class SequentialRecommenderCache(Cache):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only the rows `indices`."""
         super().batch_select_indices(indices)
-        for name in ("input_ids", "timestamps", "ratings", "lengths", "seen_item_ids"):
+        for name in ("input_ids", "timestamps", "ratings", "lengths", "seen_item_ids", "keys_cached"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[indices])

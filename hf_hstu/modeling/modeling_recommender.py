@@ -1,6 +1,7 @@
 """What every sequential recommender of this package shares: input checking and padding, item embeddings,
 input/output processing, the next-item training loss and `recommend`. Model bodies only implement `encode`."""
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .cache_recommender import CachedBlock, SequentialRecommenderCache
+from .cache_recommender import CachedBlock, CacheStep, SequentialRecommenderCache
 from .checkpoint_files import naming_corrupt_weights
 from .configuration_recommender import SequentialRecommenderConfig
 from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
@@ -117,6 +118,22 @@ def _check_range(name: str, values: torch.Tensor, valid: torch.Tensor, low: int,
 def _last_states(hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, W, D) right-padded states -> (B, D) state of each row's last real position."""
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), lengths - 1]
+
+
+def _window_batch(step: CacheStep, target_timestamps: torch.Tensor | None) -> EventBatch:
+    """The windows of a cache step as an `EventBatch` (for the ordinary forward pass)."""
+    width = step.input_ids.shape[1]
+    return EventBatch(
+        input_ids=step.input_ids,
+        attention_mask=torch.arange(width, device=step.input_ids.device) < step.lengths.unsqueeze(1),
+        timestamps=step.timestamps,
+        ratings=step.ratings,
+        labels=None,
+        target_timestamps=target_timestamps,
+        lengths=step.lengths,
+        source_positions=None,
+        input_length=width,
+    )
 
 
 def next_event_timestamps(
@@ -404,25 +421,28 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             new.input_ids, new.timestamps, new.ratings, new.lengths, seen, self.config.max_seq_len
         )
 
-        tokens_per_event = self.config.tokens_per_event
-        tokens, _, token_timestamps = self.input_preprocessor(
-            self.item_embeddings(step.input_ids), step.attention_mask, step.timestamps, step.ratings
-        )
-        query_timestamps = next_event_timestamps(
-            token_timestamps, step.lengths * tokens_per_event, new.target_timestamps
-        )
-        block = CachedBlock.from_starts(step.start * tokens_per_event, step.lengths * tokens_per_event)
-        block_tokens = tokens.gather(1, block.positions.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        token_states = self.encode_cached(
-            block_tokens * block.mask.unsqueeze(-1),
-            block,
-            token_timestamps,
-            query_timestamps.gather(1, block.positions),
-            cache,
-        )
         block_events = step.lengths - step.start  # (B,) events computed in each row, the new ones last
-        event_mask = torch.arange(block.mask.shape[1] // tokens_per_event, device=device) < block_events.unsqueeze(1)
-        event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states)) * event_mask[..., None]
+        if not step.slid.any():
+            groups = self._cached_block_groups(block_events * self.config.tokens_per_event)
+        else:  # windows that slid: the ordinary forward pass; the others through the cache
+            kept_rows = torch.nonzero(~step.slid).flatten()
+            groups = [torch.nonzero(step.slid).flatten()]
+            if kept_rows.numel():
+                groups += self._cached_block_groups(block_events[kept_rows] * self.config.tokens_per_event, kept_rows)
+        if groups is None:
+            event_states = self._encode_cached_block(step, new.target_timestamps, cache)
+        else:
+            event_states = self.item_embeddings.weight.new_zeros(
+                block_events.shape[0], int(block_events.max()), self.config.hidden_size
+            )
+            for rows in groups:
+                target = None if new.target_timestamps is None else new.target_timestamps[rows]
+                rows_step = step.select(rows)
+                if rows_step.slid.any():  # (G, W, D) the whole windows
+                    states = self._encode_in_length_groups(_window_batch(rows_step, target))
+                else:  # (G, P_g, D) the blocks
+                    states = self._encode_cached_block(rows_step, target, cache, rows)
+                event_states[rows, : states.shape[1]] = states
 
         last_hidden_state = event_states.new_zeros(new.input_ids.shape[0], new.input_length, event_states.shape[-1])
         rows, cols = torch.nonzero(new.attention_mask, as_tuple=True)
@@ -433,6 +453,66 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             user_embeddings=_last_states(event_states, block_events),
             cache=cache,
         )
+
+    def _cached_block_groups(
+        self, block_tokens: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> list[torch.Tensor] | None:
+        """Rows (of `rows`, or of the batch) whose cached blocks are computed together, longest first, each group
+        holding at most the tokens of `length_group_size` full windows (a few new events of many rows at once, whole
+        windows a few rows at a time); None for the whole batch at once."""
+        group_size = self.group_size_for(block_tokens.device)
+        if group_size == 0 or group_size >= block_tokens.shape[0]:
+            return None if rows is None else [rows]
+        budget = group_size * self.config.max_tokens
+        order = torch.argsort(block_tokens, descending=True, stable=True)
+        sizes = block_tokens[order].tolist()
+        groups, start = [], 0
+        while start < len(sizes):
+            count = max(1, budget // sizes[start])
+            groups.append(order[start : start + count] if rows is None else rows[order[start : start + count]])
+            start += count
+        return None if len(groups) == 1 and rows is None else groups
+
+    def _encode_cached_block(
+        self,
+        step: CacheStep,
+        target_timestamps: torch.Tensor | None,
+        cache: SequentialRecommenderCache,
+        batch_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, P, D) post-processed outputs of the events `step.start` .. `step.lengths - 1` of each row (zero at
+        padding), from the window's cached keys and values (rows `batch_rows` of the cache, or all)."""
+        device = step.input_ids.device
+        tokens_per_event = self.config.tokens_per_event
+        block_events = step.lengths - step.start
+        event_mask = torch.arange(int(block_events.max()), device=device) < block_events.unsqueeze(1)
+        event_positions = (step.start.unsqueeze(1) + torch.arange(event_mask.shape[1], device=device)).clamp(
+            max=step.input_ids.shape[1] - 1
+        )
+
+        def block_of(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.gather(1, event_positions) * event_mask
+
+        tokens, _, _ = self.input_preprocessor(
+            self.item_embeddings(block_of(step.input_ids)),
+            event_mask,
+            block_of(step.timestamps),
+            block_of(step.ratings),
+            first_events=step.start,
+        )
+        token_timestamps = step.timestamps.repeat_interleave(tokens_per_event, dim=1)  # (B, T) the window's tokens
+        query_timestamps = next_event_timestamps(token_timestamps, step.lengths * tokens_per_event, target_timestamps)
+        block = CachedBlock.from_starts(
+            step.start * tokens_per_event,
+            step.lengths * tokens_per_event,
+            self.config.max_tokens,
+            cache.batch_size,
+            batch_rows,
+        )
+        token_states = self.encode_cached(
+            tokens, block, token_timestamps, query_timestamps.gather(1, block.positions), cache
+        )
+        return self.output_postprocessor(self.input_preprocessor.readout(token_states)) * event_mask[..., None]
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -547,28 +627,34 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         if input_ids is None and cache is None:
             raise ValueError("input_ids is required unless cache holds encoded histories.")
         if cache is not None:
-            was_training = self.training
-            self.eval()
-            try:
+            with self._eval_mode():
                 return self._forward_cached(
                     input_ids, attention_mask, timestamps, target_timestamps, ratings, cache
                 ).user_embeddings
-            finally:
-                self.train(was_training)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
         chunk_size = chunk_size or self.group_size_for(batch.input_ids.device) or 256
         user_embeddings = None
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             for rows, chunk in self._length_groups(batch, chunk_size):
                 states = _last_states(self._encode_events(chunk), chunk.lengths)
                 if user_embeddings is None:
                     user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
                 user_embeddings[rows] = states
-        finally:
-            self.train(was_training)
         return user_embeddings
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode inside the block, the previous mode restored after; no switch (a walk over every module, a
+        noticeable cost per recommendation of one user) when no module is in training mode."""
+        was_training = self.training
+        switch = any(module.training for module in self.modules())
+        if switch:
+            self.eval()
+        try:
+            yield
+        finally:
+            if switch:
+                self.train(was_training)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @torch.no_grad()
