@@ -244,7 +244,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         in `cache` and writing the block's into it (incremental inference).
 
         Args:
-            token_embeddings: (B, P) block tokens, (B, P, D), zero at padding.
+            token_embeddings: (B, P, D) the block's P tokens per row, zero at padding.
             block: where the block's tokens are in the window (`CachedBlock`).
             key_timestamps: (B, T) int64 time of every token of the window.
             query_timestamps: (B, P) int64 time of the event each block token predicts.
@@ -621,8 +621,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
         chunks of at most `chunk_size` rows of similar length (default: `length_group_size`, or 256 where that is
         the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
-        of `forward`; with `cache` they are the new events, appended to the cache in place (the whole
-        batch at once).
+        of `forward`; with `cache` they are the new events, appended to the cache in place (rows computed in groups
+        of bounded size, see `_cached_block_groups`).
         """
         if input_ids is None and cache is None:
             raise ValueError("input_ids is required unless cache holds encoded histories.")
