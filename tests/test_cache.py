@@ -169,6 +169,19 @@ def test_cache_is_a_transformers_cache_and_past_key_values_is_its_older_name():
     torch.testing.assert_close(output.user_embeddings, full.user_embeddings, atol=1e-5, rtol=0)
 
 
+def test_ratings_a_model_does_not_read_may_be_left_out_of_later_calls():
+    model = tiny_model("hstu", seed=0).eval()
+    batch = right_padded_batch(seed=3, lengths=(4, 6))
+    lengths = batch["attention_mask"].sum(1)
+    target = request_times(batch, lengths)
+    cache = model(**events(batch, torch.zeros_like(lengths), lengths - 2), use_cache=True).cache
+    new = events(batch, lengths - 2, lengths)
+    del new["ratings"]
+    cached = model(**new, target_timestamps=target, cache=cache)
+    full = model(**events(batch, torch.zeros_like(lengths), lengths), target_timestamps=target)
+    torch.testing.assert_close(cached.user_embeddings, full.user_embeddings, atol=1e-5, rtol=0)
+
+
 def test_cache_rows_can_be_selected():
     model = tiny_model("hstu", seed=0).eval()
     batch = right_padded_batch(seed=1, lengths=(5, 3, 7))

@@ -208,7 +208,8 @@ def _append_rows(old: torch.Tensor, old_lengths: torch.Tensor, new: torch.Tensor
 class SequentialRecommenderCache(Cache):
     """`cache` of HSTU and SASRec: a batch of user histories encoded so far, to continue with new events.
 
-    Holds, per row, the raw events of the kept window (the most recent `max_seq_len`: item ids, timestamps, ratings),
+    Holds, per row, the raw events of the kept window (the most recent `max_seq_len`: item ids, timestamps, and ratings
+    where the model reads them),
     each layer's keys and values at every token position of that window ((B, T, H, d) per layer,
     `RecommenderCacheLayer`), and the ids of every item of the history given so far (for `filter_seen`; one int64
     per event). `model(input_ids=new_ids, timestamps=new_times, cache=cache, target_timestamps=...)`
@@ -257,8 +258,6 @@ class SequentialRecommenderCache(Cache):
             raise ValueError(
                 f"input_ids has {lengths.shape[0]} rows but cache holds {self.lengths.shape[0]} histories."
             )
-        if (ratings is None) != (self.ratings is None):
-            raise ValueError("ratings must be given in every call with this cache, or in none.")
         total = self.lengths + lengths
         kept = total.clamp(max=max_seq_len)
         dropped = total - kept

@@ -412,14 +412,13 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             if cache.batch_size is None:
                 raise ValueError("input_ids is required unless cache holds encoded histories.")
             input_ids = attention_mask = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
-            timestamps, ratings = input_ids, (input_ids if cache.ratings is not None else None)
+            timestamps, ratings = input_ids, (input_ids if self.requires_ratings else None)
         new = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings, True)
         seen = _as_tensor("input_ids", input_ids, device, dims=2)
         if attention_mask is not None:
             seen = seen * (torch.as_tensor(attention_mask, device=device) != 0)
-        step = cache.append_events(
-            new.input_ids, new.timestamps, new.ratings, new.lengths, seen, self.config.max_seq_len
-        )
+        ratings = new.ratings if self.requires_ratings else None  # the cache keeps what the model reads
+        step = cache.append_events(new.input_ids, new.timestamps, ratings, new.lengths, seen, self.config.max_seq_len)
 
         block_events = step.lengths - step.start  # (B,) events computed in each row, the new ones last
         if not step.slid.any():
