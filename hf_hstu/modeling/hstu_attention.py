@@ -77,7 +77,7 @@ def add_relative_bias(
     """Adds ``w_p[N_max - 1 + j - i] + w_t[bucket_ij]`` in place to (B, H, N, N) scores (each part when its weights
     are given; the buckets come from `context`) and returns them."""
     if position_weights is not None:
-        scores += relative_position_bias(position_weights, scores.shape[-1])  # (N, N)
+        scores += context.position_bias(position_weights, scores.shape[-1])  # (N, N)
     if time_weights is not None:
         buckets = context.time_buckets  # (B, N, N)
         scores += time_weights.index_select(0, buckets.flatten()).view_as(buckets).unsqueeze(1)
@@ -149,6 +149,11 @@ class HSTUAttentionContext:
     def unsupported_reason(cls, device: torch.device, attention_dropout: float) -> str | None:
         """Why this backend cannot run on tensors of `device` (with that attention dropout), or None if it can."""
         return None
+
+    def position_bias(self, position_weights: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """The position bias added to the scores: (seq_len, seq_len) ``w_p[N_max - 1 + j - i]``; a context whose
+        queries are not positions 0..N - 1 (the cache's) says where they are."""
+        return relative_position_bias(position_weights, seq_len)
 
     @classmethod
     def prepare(

@@ -23,9 +23,16 @@ class LearnablePositionalInputPreprocessor(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_tokens, config.hidden_size)
         self.dropout = nn.Dropout(config.input_dropout)
 
-    def _embed_tokens(self, token_embeddings: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) token embeddings -> scaled, positioned, dropped out, zero at padding."""
+    def _embed_tokens(
+        self, token_embeddings: torch.Tensor, token_mask: torch.Tensor, first_positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, D) token embeddings -> scaled, positioned, dropped out, zero at padding. Row b's tokens are at
+        positions `first_positions[b]` + 0..T - 1 of its sequence (0 when not given; a cache computes later ones)."""
         positions = torch.arange(token_embeddings.shape[1], device=token_embeddings.device)
+        if first_positions is not None:
+            positions = (first_positions.unsqueeze(1) + positions).clamp(
+                max=self.position_embeddings.num_embeddings - 1
+            )
         hidden_states = token_embeddings * self.embedding_scale + self.position_embeddings(positions)
         return self.dropout(hidden_states) * token_mask.unsqueeze(-1)
 
@@ -35,9 +42,11 @@ class LearnablePositionalInputPreprocessor(nn.Module):
         attention_mask: torch.Tensor,
         timestamps: torch.Tensor,
         ratings: torch.Tensor | None = None,
+        first_events: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, N, D) item embeddings -> (tokens (B, T, D), token mask (B, T) bool, token timestamps (B, T))."""
-        return self._embed_tokens(item_embeddings, attention_mask), attention_mask, timestamps
+        """(B, N, D) item embeddings -> (tokens (B, T, D), token mask (B, T) bool, token timestamps (B, T)). The
+        events of row b are events `first_events[b]` + 0..N - 1 of its sequence (0 when not given)."""
+        return self._embed_tokens(item_embeddings, attention_mask, first_events), attention_mask, timestamps
 
     def readout(self, token_states: torch.Tensor) -> torch.Tensor:
         """(B, T, D) token outputs -> (B, N, D): the output of each event that predicts the next item."""
@@ -52,9 +61,9 @@ class RatedInputPreprocessor(LearnablePositionalInputPreprocessor):
         self.rating_embeddings = nn.Embedding(config.num_ratings + 1, config.rating_embedding_dim)
         self.rating_proj = nn.Linear(config.hidden_size + config.rating_embedding_dim, config.hidden_size, bias=False)
 
-    def forward(self, item_embeddings, attention_mask, timestamps, ratings=None):
+    def forward(self, item_embeddings, attention_mask, timestamps, ratings=None, first_events=None):
         rated_items = self.rating_proj(torch.cat([item_embeddings, self.rating_embeddings(ratings)], dim=-1))
-        return self._embed_tokens(rated_items, attention_mask), attention_mask, timestamps
+        return self._embed_tokens(rated_items, attention_mask, first_events), attention_mask, timestamps
 
 
 class CombinedItemRatingInputPreprocessor(LearnablePositionalInputPreprocessor):
@@ -67,13 +76,14 @@ class CombinedItemRatingInputPreprocessor(LearnablePositionalInputPreprocessor):
         super().__init__(config)
         self.rating_embeddings = nn.Embedding(config.num_ratings + 1, config.hidden_size)
 
-    def forward(self, item_embeddings, attention_mask, timestamps, ratings=None):
+    def forward(self, item_embeddings, attention_mask, timestamps, ratings=None, first_events=None):
         batch_size, num_events, hidden_size = item_embeddings.shape
         interleaved = torch.stack([item_embeddings, self.rating_embeddings(ratings)], dim=2)  # (B, N, 2, D)
         token_embeddings = interleaved.reshape(batch_size, 2 * num_events, hidden_size)
         token_mask = attention_mask.repeat_interleave(2, dim=1)
         token_timestamps = timestamps.repeat_interleave(2, dim=1)
-        return self._embed_tokens(token_embeddings, token_mask), token_mask, token_timestamps
+        first_positions = None if first_events is None else 2 * first_events
+        return self._embed_tokens(token_embeddings, token_mask, first_positions), token_mask, token_timestamps
 
     def readout(self, token_states: torch.Tensor) -> torch.Tensor:
         return token_states[:, 1::2]

@@ -9,7 +9,9 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
+from .cache_recommender import CachedHSTUAttentionContext, SequentialRecommenderCache
 from .configuration_hstu import HSTUConfig
 from .hstu_attention import (
     AUTO_ATTENTION,
@@ -26,6 +28,8 @@ from .modeling_recommender import (
     SequentialRecommenderPreTrainedModel,
     init_default_linear_bias,
 )
+
+logger = logging.get_logger(__name__)
 
 with contextlib.suppress(ImportError):  # registers the "hstu_triton" attention backend where triton is installed
     from .triton_hstu_attention import hstu_triton_attention_forward  # noqa: F401
@@ -54,8 +58,14 @@ class HSTUAttention(nn.Module):
         self.o_proj = nn.Linear(gated_dim, config.hidden_size)
         self.dropout = nn.Dropout(config.linear_dropout)
 
-    def forward(self, hidden_states: torch.Tensor, context: HSTUAttentionContext) -> torch.Tensor:
-        """(B, T, D) right-padded hidden states -> (B, T, D)."""
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        context: HSTUAttentionContext,
+        cache: SequentialRecommenderCache | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) right-padded hidden states -> (B, T, D). With `cache` the T tokens are a block of
+        the window (`CachedHSTUAttentionContext`): they attend to the window's cached keys and values too."""
         batch_size, seq_len, _ = hidden_states.shape
         normed = F.layer_norm(hidden_states, (hidden_states.shape[-1],), eps=self.eps)
         value_dim = self.num_heads * self.linear_dim
@@ -64,6 +74,8 @@ class HSTUAttention(nn.Module):
         query = query.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
         key = key.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
         value = value.view(batch_size, seq_len, self.num_heads, self.linear_dim).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, context.block)  # (B, H, window, d)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(context.backend, hstu_attention_forward)
         attn_output, _ = attention_interface(
@@ -89,8 +101,13 @@ class HSTUDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         self.attention = HSTUAttention(config, layer_idx)
 
-    def forward(self, hidden_states: torch.Tensor, context: HSTUAttentionContext) -> torch.Tensor:
-        hidden_states = self.attention(hidden_states, context)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        context: HSTUAttentionContext,
+        cache: SequentialRecommenderCache | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.attention(hidden_states, context, cache)
         return hidden_states * context.attention_mask.unsqueeze(-1)
 
 
@@ -168,6 +185,21 @@ class HSTUModel(HSTUPreTrainedModel):
         hidden_states = token_embeddings
         for layer in self.layers:
             hidden_states = layer(hidden_states, context)
+        return hidden_states
+
+    def encode_cached(self, token_embeddings, block, key_timestamps, query_timestamps, cache) -> torch.Tensor:
+        backend = resolve_attention_backend(self.config._attn_implementation, token_embeddings.device)
+        if backend != "eager":
+            logger.warning_once(
+                f"cache: the cached block attends with the eager reference, not '{backend}' (the fused "
+                "kernels take square jagged blocks, not a few queries against a cached window)."
+            )
+        context = CachedHSTUAttentionContext.prepare_block(
+            block, key_timestamps, query_timestamps, self.relative_bias_spec
+        )
+        hidden_states = token_embeddings
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, context, cache=cache)
         return hidden_states
 
 

@@ -1,6 +1,7 @@
 """What every sequential recommender of this package shares: input checking and padding, item embeddings,
 input/output processing, the next-item training loss and `recommend`. Model bodies only implement `encode`."""
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -8,10 +9,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 
+from .cache_recommender import CachedBlock, CacheStep, SequentialRecommenderCache
 from .checkpoint_files import naming_corrupt_weights
 from .configuration_recommender import SequentialRecommenderConfig
 from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
@@ -33,11 +36,14 @@ class SequentialRecommenderOutput(ModelOutput):
         by truncation to `max_seq_len`). Position i's embedding scores candidates for the event after i.
     user_embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The output embedding of each sequence's last real position: the user representation for the next item.
+    cache (`SequentialRecommenderCache`, *optional*, returned when `use_cache=True` or a `cache` is given):
+        The encoded histories, to continue with new events (incremental inference).
     """
 
     loss: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
     user_embeddings: torch.FloatTensor | None = None
+    cache: Cache | None = None
 
 
 @dataclass
@@ -125,6 +131,22 @@ def init_default_linear_bias(linear: nn.Linear) -> None:
 def _last_states(hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, W, D) right-padded states -> (B, D) state of each row's last real position."""
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), lengths - 1]
+
+
+def _window_batch(step: CacheStep, target_timestamps: torch.Tensor | None) -> EventBatch:
+    """The windows of a cache step as an `EventBatch` (for the ordinary forward pass)."""
+    width = step.input_ids.shape[1]
+    return EventBatch(
+        input_ids=step.input_ids,
+        attention_mask=torch.arange(width, device=step.input_ids.device) < step.lengths.unsqueeze(1),
+        timestamps=step.timestamps,
+        ratings=step.ratings,
+        labels=None,
+        target_timestamps=target_timestamps,
+        lengths=step.lengths,
+        source_positions=None,
+        input_length=width,
+    )
 
 
 def next_event_timestamps(
@@ -253,6 +275,25 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement encode()")
 
+    def encode_cached(
+        self,
+        token_embeddings: torch.Tensor,
+        block: CachedBlock,
+        key_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        cache: SequentialRecommenderCache,
+    ) -> torch.Tensor:
+        """`encode` of a block of a window's tokens, attending to the keys and values of the window's earlier tokens
+        in `cache` and writing the block's into it (incremental inference).
+
+        Args:
+            token_embeddings: (B, P, D) the block's P tokens per row, zero at padding.
+            block: where the block's tokens are in the window (`CachedBlock`).
+            key_timestamps: (B, T) int64 time of every token of the window.
+            query_timestamps: (B, P) int64 time of the event each block token predicts.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental inference (cache)")
+
     def _prepare_batch(
         self,
         input_ids,
@@ -261,8 +302,10 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         labels=None,
         target_timestamps=None,
         ratings=None,
+        allow_empty: bool = False,
     ) -> EventBatch:
-        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events.
+        """Check the inputs and move them to right padding, keeping the most recent `max_seq_len` events. With
+        `allow_empty` (events appended to a cache) a row may have none.
 
         With `labels` and `config.training_window == "max_seq_len_plus_one"`, the most recent `max_seq_len + 1`
         events are read: the last of them is only the label of the position before it, and its time that
@@ -276,15 +319,16 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         else:
             mask = _as_tensor("attention_mask", attention_mask, device, 2, (batch_size, seq_len)) != 0
         lengths = mask.sum(1)
-        if (lengths == 0).any():
+        if not allow_empty and (lengths == 0).any():
             raise ValueError(
                 f"attention_mask row {int(torch.nonzero(lengths == 0)[0])} has no item: every "
                 "sequence needs at least one event."
             )
         first = mask.int().argmax(1)
         last = seq_len - 1 - mask.flip(1).int().argmax(1)
-        if (last - first + 1 != lengths).any():
-            row = int(torch.nonzero(last - first + 1 != lengths)[0])
+        gaps = (last - first + 1 != lengths) & (lengths > 0)
+        if gaps.any():
+            row = int(torch.nonzero(gaps)[0])
             raise ValueError(
                 f"attention_mask row {row} has a gap: the real events must be contiguous (left or right padding)."
             )
@@ -405,6 +449,135 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             group_states.append(F.pad(states, (0, 0, 0, width - states.shape[1])))
         return torch.cat(group_states)[torch.argsort(torch.cat(group_rows))]
 
+    def _forward_cached(
+        self,
+        input_ids,
+        attention_mask,
+        timestamps,
+        target_timestamps,
+        ratings,
+        cache: SequentialRecommenderCache | None,
+    ) -> SequentialRecommenderOutput:
+        """`forward` with a cache: append the new events (possibly none) to each row of `cache` (a new one when None)
+        and compute what they change (see `SequentialRecommenderCache`)."""
+        if self.training:
+            raise ValueError(
+                "use_cache and cache are for inference: call model.eval() first (training encodes whole histories, "
+                "with dropout)."
+            )
+        cache = SequentialRecommenderCache() if cache is None else cache
+        if not isinstance(cache, SequentialRecommenderCache):
+            raise TypeError(
+                f"cache must be the SequentialRecommenderCache a previous call returned, got {type(cache).__name__}."
+            )
+        device = self.item_embeddings.weight.device
+        no_events = input_ids is None
+        if no_events:
+            if cache.batch_size is None:
+                raise ValueError("input_ids is required unless cache holds encoded histories.")
+            input_ids = attention_mask = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+            timestamps, ratings = input_ids, (input_ids if self.requires_ratings else None)
+        new = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings, True)
+        seen = _as_tensor("input_ids", input_ids, device, dims=2)
+        if attention_mask is not None:
+            seen = seen * (torch.as_tensor(attention_mask, device=device) != 0)
+        ratings = new.ratings if self.requires_ratings else None  # the cache keeps what the model reads
+        step = cache.append_events(new.input_ids, new.timestamps, ratings, new.lengths, seen, self.config.max_seq_len)
+
+        block_events = step.lengths - step.start  # (B,) events computed in each row, the new ones last
+        if not step.slid.any():
+            groups = self._cached_block_groups(block_events * self.config.tokens_per_event)
+        else:  # windows that slid: the ordinary forward pass; the others through the cache
+            kept_rows = torch.nonzero(~step.slid).flatten()
+            groups = [torch.nonzero(step.slid).flatten()]
+            if kept_rows.numel():
+                groups += self._cached_block_groups(block_events[kept_rows] * self.config.tokens_per_event, kept_rows)
+        if groups is None:
+            event_states = self._encode_cached_block(step, new.target_timestamps, cache)
+        else:
+            event_states = self.item_embeddings.weight.new_zeros(
+                block_events.shape[0], int(block_events.max()), self.config.hidden_size
+            )
+            for rows in groups:
+                target = None if new.target_timestamps is None else new.target_timestamps[rows]
+                rows_step = step.select(rows)
+                if rows_step.slid.any():  # (G, W, D) the whole windows
+                    states = self._encode_in_length_groups(_window_batch(rows_step, target))
+                else:  # (G, P_g, D) the blocks
+                    states = self._encode_cached_block(rows_step, target, cache, rows)
+                event_states[rows, : states.shape[1]] = states
+
+        last_hidden_state = event_states.new_zeros(new.input_ids.shape[0], new.input_length, event_states.shape[-1])
+        rows, cols = torch.nonzero(new.attention_mask, as_tuple=True)
+        first_new = block_events - new.lengths  # block index of each row's first new event
+        last_hidden_state[rows, new.source_positions[rows, cols]] = event_states[rows, first_new[rows] + cols]
+        return SequentialRecommenderOutput(
+            last_hidden_state=last_hidden_state[:, : 0 if no_events else None],
+            user_embeddings=_last_states(event_states, block_events),
+            cache=cache,
+        )
+
+    def _cached_block_groups(
+        self, block_tokens: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> list[torch.Tensor] | None:
+        """Rows (of `rows`, or of the batch) whose cached blocks are computed together, longest first, each group
+        holding at most the tokens of `length_group_size` full windows (a few new events of many rows at once, whole
+        windows a few rows at a time); None for the whole batch at once."""
+        group_size = self.group_size_for(block_tokens.device)
+        if group_size == 0 or group_size >= block_tokens.shape[0]:
+            return None if rows is None else [rows]
+        budget = group_size * self.config.max_tokens
+        order = torch.argsort(block_tokens, descending=True, stable=True)
+        sizes = block_tokens[order].tolist()
+        groups, start = [], 0
+        while start < len(sizes):
+            count = max(1, budget // sizes[start])
+            groups.append(order[start : start + count] if rows is None else rows[order[start : start + count]])
+            start += count
+        return None if len(groups) == 1 and rows is None else groups
+
+    def _encode_cached_block(
+        self,
+        step: CacheStep,
+        target_timestamps: torch.Tensor | None,
+        cache: SequentialRecommenderCache,
+        batch_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, P, D) post-processed outputs of the events `step.start` .. `step.lengths - 1` of each row (zero at
+        padding), from the window's cached keys and values (rows `batch_rows` of the cache, or all)."""
+        device = step.input_ids.device
+        tokens_per_event = self.config.tokens_per_event
+        block_events = step.lengths - step.start
+        event_mask = torch.arange(int(block_events.max()), device=device) < block_events.unsqueeze(1)
+        event_positions = (step.start.unsqueeze(1) + torch.arange(event_mask.shape[1], device=device)).clamp(
+            max=step.input_ids.shape[1] - 1
+        )
+
+        def block_of(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.gather(1, event_positions) * event_mask
+
+        tokens, _, _ = self.input_preprocessor(
+            self.item_embeddings(block_of(step.input_ids)),
+            event_mask,
+            block_of(step.timestamps),
+            block_of(step.ratings),
+            first_events=step.start,
+        )
+        token_timestamps = step.timestamps.repeat_interleave(tokens_per_event, dim=1)  # (B, T) the window's tokens
+        query_timestamps = next_event_timestamps(token_timestamps, step.lengths * tokens_per_event, target_timestamps)
+        block = CachedBlock.from_starts(
+            step.start * tokens_per_event,
+            step.lengths * tokens_per_event,
+            self.config.max_tokens,
+            cache.batch_size,
+            batch_rows,
+        )
+        token_states = self.encode_cached(
+            tokens, block, token_timestamps, query_timestamps.gather(1, block.positions), cache
+        )
+        return self.output_postprocessor(self.input_preprocessor.readout(token_states)) * event_mask[..., None]
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
@@ -415,6 +588,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         target_timestamps: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
         negative_ids: torch.LongTensor | None = None,
+        cache: SequentialRecommenderCache | None = None,
+        use_cache: bool = False,
         **kwargs,
     ) -> SequentialRecommenderOutput:
         r"""
@@ -440,7 +615,19 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 Negatives for the loss instead of sampling them: one row per supervised position, in row-major
                 order of (sequence, position) over the right-aligned events (each position whose next event is in
                 the window).
+            cache (`SequentialRecommenderCache`, *optional*):
+                The cache of the histories so far (returned by a call with `use_cache=True`): then `input_ids`,
+                `attention_mask`, `timestamps` and `ratings` hold only the new events of each row (any number, none
+                included; `input_ids=None` for none at all), which are appended to the cache in place, and
+                `last_hidden_state` covers the new events. Eval mode only, no `labels`.
+            use_cache (`bool`, *optional*, defaults to `False`):
+                Return the encoded histories as `cache` (a new one when none is given). `past_key_values`, the name
+                before transformers 5's rename, is accepted for `cache` (with a deprecation warning).
         """
+        if use_cache or cache is not None:
+            if labels is not None or negative_ids is not None:
+                raise ValueError("labels cannot be combined with use_cache or cache: the cache is for inference.")
+            return self._forward_cached(input_ids, attention_mask, timestamps, target_timestamps, ratings, cache)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, labels, target_timestamps, ratings)
         hidden_states = self._encode_in_length_groups(batch)  # (B, W, D)
         batch_size = hidden_states.shape[0]
@@ -483,41 +670,62 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             loss=loss, last_hidden_state=last_hidden_state, user_embeddings=user_embeddings
         )
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @torch.no_grad()
     def embed_users(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         timestamps: torch.LongTensor | None = None,
         target_timestamps: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
         chunk_size: int | None = None,
+        cache: SequentialRecommenderCache | None = None,
     ) -> torch.Tensor:
         r"""
         (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
         chunks of at most `chunk_size` rows of similar length (default: `length_group_size`, or 256 where that is
         the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
-        of `forward`.
+        of `forward`; with `cache` they are the new events, appended to the cache in place (rows computed in groups
+        of bounded size, see `_cached_block_groups`).
         """
+        if input_ids is None and cache is None:
+            raise ValueError("input_ids is required unless cache holds encoded histories.")
+        if cache is not None:
+            with self._eval_mode():
+                return self._forward_cached(
+                    input_ids, attention_mask, timestamps, target_timestamps, ratings, cache
+                ).user_embeddings
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
         chunk_size = chunk_size or self.group_size_for(batch.input_ids.device) or 256
         user_embeddings = None
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             for rows, chunk in self._length_groups(batch, chunk_size):
                 states = _last_states(self._encode_events(chunk), chunk.lengths)
                 if user_embeddings is None:
                     user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
                 user_embeddings[rows] = states
-        finally:
-            self.train(was_training)
         return user_embeddings
 
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode inside the block, the previous mode restored after; no switch (a walk over every module, a
+        noticeable cost per recommendation of one user) when no module is in training mode."""
+        was_training = self.training
+        switch = any(module.training for module in self.modules())
+        if switch:
+            self.eval()
+        try:
+            yield
+        finally:
+            if switch:
+                self.train(was_training)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @torch.no_grad()
     def recommend(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         timestamps: torch.LongTensor | None = None,
         target_timestamps: torch.LongTensor | None = None,
@@ -525,6 +733,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         filter_seen: bool = True,
         candidate_ids: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
+        cache: SequentialRecommenderCache | None = None,
     ) -> RecommendationOutput:
         r"""
         Top-k next items for each history, scored against the whole catalogue (or `candidate_ids`).
@@ -541,6 +750,9 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             filter_seen (`bool`): never return an item of the user's history.
             candidate_ids (`torch.LongTensor` of shape `(num_candidates,)` or `(batch_size, num_candidates)`,
                 *optional*): restrict the ranking to these item ids.
+            cache (`SequentialRecommenderCache`, *optional*):
+                Rank from cached histories: the inputs are then the new events (or `input_ids=None`), appended to the
+                cache in place, and `filter_seen` filters every item given to the cache so far.
 
         Returns:
             [`RecommendationOutput`] with `item_ids` and `scores` of shape `(batch_size, k)`, best first. The padding
@@ -554,10 +766,14 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             )
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
-        user_embeddings = self.embed_users(input_ids, attention_mask, timestamps, target_timestamps, ratings)
+        user_embeddings = self.embed_users(
+            input_ids, attention_mask, timestamps, target_timestamps, ratings, cache=cache
+        )
         device = user_embeddings.device
         exclude_ids = None
-        if filter_seen:
+        if filter_seen and cache is not None:
+            exclude_ids = cache.seen_item_ids
+        elif filter_seen:
             exclude_ids = torch.as_tensor(input_ids, device=device).long()
             if attention_mask is not None:
                 exclude_ids = exclude_ids * (torch.as_tensor(attention_mask, device=device) != 0)

@@ -7,6 +7,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .cache_recommender import CachedBlock, SequentialRecommenderCache
 from .configuration_sasrec import SASRecConfig
 from .modeling_recommender import (
     RecommendationOutput,
@@ -33,8 +34,9 @@ class SASRecFeedForward(nn.Module):
 class SASRecBlock(GradientCheckpointingLayer):
     """Q = LayerNorm(x); x = FFN(LayerNorm(Q + MHA(Q, x, x))) * mask, with causal softmax attention."""
 
-    def __init__(self, config: SASRecConfig) -> None:
+    def __init__(self, config: SASRecConfig, layer_idx: int = 0) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.hidden_size = config.hidden_size
         self.eps = config.layer_norm_eps
         self.self_attn = nn.MultiheadAttention(
@@ -45,18 +47,52 @@ class SASRecBlock(GradientCheckpointingLayer):
         )
         self.feed_forward = SASRecFeedForward(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def cached_attention(
+        self,
+        query: torch.Tensor,
+        hidden_states: torch.Tensor,
+        cache: SequentialRecommenderCache,
+        block: CachedBlock,
+    ) -> torch.Tensor:
+        """`self_attn(query, x, x)` of a block of the window's tokens (B, P, D) against the whole window: the
+        block's keys and values are written into `cache`, computed from the module's own `in_proj_weight`."""
+        attention = self.self_attn
+        batch_size, block_len, _ = query.shape
+        num_heads = attention.num_heads
+        head_dim = self.hidden_size // num_heads
+        biases = (None,) * 3 if attention.in_proj_bias is None else attention.in_proj_bias.chunk(3)
+        projections = [
+            F.linear(states, weight, bias).view(batch_size, block_len, num_heads, head_dim).transpose(1, 2)
+            for states, weight, bias in zip(
+                (query, hidden_states, hidden_states), attention.in_proj_weight.chunk(3), biases, strict=True
+            )
+        ]
+        key, value = cache.update(projections[1], projections[2], self.layer_idx, block)  # (B, H, window, d)
+        attn_output = F.scaled_dot_product_attention(projections[0], key, value, attn_mask=~block.masked_out)
+        return attention.out_proj(attn_output.transpose(1, 2).reshape(batch_size, block_len, self.hidden_size))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: SequentialRecommenderCache | None = None,
+        block: CachedBlock | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with `cache`, T tokens of the window's `block` (incremental inference)."""
         seq_len = hidden_states.shape[1]
         query = F.layer_norm(hidden_states, (self.hidden_size,), eps=self.eps)
-        causal_block = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).triu(1)
-        attn_output, _ = self.self_attn(
-            query,
-            hidden_states,
-            hidden_states,
-            attn_mask=causal_block,
-            key_padding_mask=~attention_mask,
-            need_weights=False,
-        )
+        if cache is not None:
+            attn_output = self.cached_attention(query, hidden_states, cache, block)
+        else:
+            causal_block = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).triu(1)
+            attn_output, _ = self.self_attn(
+                query,
+                hidden_states,
+                hidden_states,
+                attn_mask=causal_block,
+                key_padding_mask=~attention_mask,
+                need_weights=False,
+            )
         hidden_states = self.feed_forward(self.post_attention_layernorm(query + attn_output))
         return hidden_states * attention_mask.unsqueeze(-1)
 
@@ -89,7 +125,7 @@ class SASRecModel(SASRecPreTrainedModel):
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__(config)
-        self.layers = nn.ModuleList([SASRecBlock(config) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([SASRecBlock(config, i) for i in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -97,6 +133,12 @@ class SASRecModel(SASRecPreTrainedModel):
         hidden_states = token_embeddings
         for layer in self.layers:
             hidden_states = layer(hidden_states, token_mask)
+        return hidden_states
+
+    def encode_cached(self, token_embeddings, block, key_timestamps, query_timestamps, cache) -> torch.Tensor:
+        hidden_states = token_embeddings
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, block.mask, cache=cache, block=block)
         return hidden_states
 
 
