@@ -14,6 +14,7 @@ import torch
 from recommender_testing import save_tiny_dataset, tiny_model
 from torch.utils.data import DataLoader
 
+from hf_hstu.evaluation import beyond_accuracy
 from hf_hstu.evaluation.beyond_accuracy import ItemPopularity, ListMetricsAccumulator
 from hf_hstu.evaluation.ranking import evaluate_checkpoint, evaluate_ranking
 from hf_hstu.evaluation.ranking_metrics import (
@@ -108,7 +109,7 @@ def test_rectools_documented_examples():
         assert accumulator.compute() == {f"novelty@{k}": pytest.approx(sum(per_user) / 3, abs=1e-15)}
 
 
-def test_two_shards_merge_to_the_single_pass():
+def test_two_shards_merge_to_the_single_pass(monkeypatch):
     generator = torch.Generator().manual_seed(3)
     num_items, num_users, width = 60, 101, 20
     lists = torch.stack([torch.randperm(num_items, generator=generator)[:width] + 1 for _ in range(num_users)])
@@ -139,6 +140,12 @@ def test_two_shards_merge_to_the_single_pass():
 
     assert total.num_users == single.num_users == num_users
     assert total.compute() == single.compute()  # bit-identical
+
+    # Large batches are cut into chunks of bounded pair-distance memory: the same numbers.
+    monkeypatch.setattr(beyond_accuracy, "_MAX_PAIRS_PER_CHUNK", 3 * width**2)
+    chunked = ListMetricsAccumulator(**settings)
+    chunked.update(lists, targets)
+    assert chunked.compute() == single.compute()
     assert len(single.compute()) == 6 * 4
     assert 0 < single.compute()["serendipity@20"] and 0 < single.compute()["full_list_share@20"] < 1
 

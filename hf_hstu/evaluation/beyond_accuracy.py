@@ -34,6 +34,7 @@ LIST_METRICS = ("coverage", "full_list_share", "arp", "novelty", "serendipity", 
 POPULARITY_METRICS = ("arp", "novelty", "serendipity")
 FEATURE_METRICS = ("ild",)
 _PER_USER_METRICS = ("arp", "novelty", "serendipity", "ild")
+_MAX_PAIRS_PER_CHUNK = 2**22  # item pairs whose distances are held at once (float64, a few copies): ~100 MB
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,15 @@ class ItemPopularity:
         values = -torch.log2(self.users.clamp(min=1).double() / self.num_users)
         values[0] = 0.0
         return values
+
+
+def jaccard_distances(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """1 - |A & B| / |A | B| between the multi-hot rows of `left` (..., M, F) and `right` (..., N, F) (0/1 floats),
+    0 when both are empty: (..., M, N). In place on one product-sized buffer and its copy (these are big)."""
+    shared = left @ right.transpose(-1, -2)  # |A & B|
+    left_sizes, right_sizes = left.sum(dim=-1)[..., :, None], right.sum(dim=-1)[..., None, :]
+    union = shared.neg().add_(left_sizes).add_(right_sizes).clamp_(min=1)  # an empty union has 0 / 1 below
+    return shared.mul_(-2).add_(left_sizes).add_(right_sizes).div_(union)  # (|A| + |B| - 2 |A & B|) / |A | B|
 
 
 def select_list_metrics(
@@ -206,6 +216,8 @@ class ListMetricsAccumulator:
         self.metrics = select_list_metrics(
             metrics, self.popularity is not None, self.features is not None, self.num_items is not None
         )
+        if self.popularity is not None:
+            self.item_novelty, self.popularity_ranks = self.popularity.novelty(), self.popularity.popularity_ranks()
         self.length_counts = torch.zeros(list_length + 1, dtype=torch.long)  # index = list length
         # The best (smallest) 1-based position each item id reached in any list; list_length + 1 = never listed.
         self.best_positions = torch.full(((self.num_items or 0) + 1,), list_length + 1, dtype=torch.long)
@@ -227,6 +239,18 @@ class ListMetricsAccumulator:
         lists = torch.as_tensor(np.asarray(lists) if not isinstance(lists, torch.Tensor) else lists).long().cpu()
         if lists.dim() != 2 or lists.shape[1] != self.list_length:
             raise ValueError(f"lists must have shape (batch, {self.list_length}), got {tuple(lists.shape)}")
+        if target_ids is not None:
+            target_ids = torch.as_tensor(
+                np.asarray(target_ids) if not isinstance(target_ids, torch.Tensor) else target_ids
+            )
+            target_ids = target_ids.long().cpu()
+            if target_ids.shape != (lists.shape[0],):
+                raise ValueError(f"target_ids must have shape ({lists.shape[0]},), got {tuple(target_ids.shape)}")
+        rows_per_chunk = max(1, _MAX_PAIRS_PER_CHUNK // self.list_length**2)
+        if "ild" in self.metrics and lists.shape[0] > rows_per_chunk:  # bound the (rows, L, L) pair distances
+            for rows in torch.arange(lists.shape[0]).split(rows_per_chunk):
+                self.update(lists[rows], None if target_ids is None else target_ids[rows])
+            return
         lengths = _checked_lists(lists, self.num_items)
         self.length_counts += torch.bincount(lengths, minlength=self.list_length + 1)
         if "coverage" in self.metrics and lists.numel():
@@ -239,7 +263,7 @@ class ListMetricsAccumulator:
         if "arp" in self.metrics:
             per_position["arp"] = self.popularity.interactions[lists].cumsum(dim=1)
         if "novelty" in self.metrics:
-            per_position["novelty"] = self.popularity.novelty()[lists].cumsum(dim=1)
+            per_position["novelty"] = self.item_novelty[lists].cumsum(dim=1)
         if "serendipity" in self.metrics:
             per_position["serendipity"] = self._serendipity_numerators(lists, target_ids).cumsum(dim=1)
         if "ild" in self.metrics:
@@ -248,7 +272,7 @@ class ListMetricsAccumulator:
             for k, count in zip(self.k_values, listed, strict=True):
                 totals = prefix_sums[:, k - 1].double()
                 if name == "ild":
-                    denominators = (count * (count - 1) / 2).double()
+                    denominators = (count * (count - 1)).double() / 2
                 elif name == "serendipity":
                     denominators = (count * self.num_items).double()
                 else:
@@ -260,12 +284,8 @@ class ListMetricsAccumulator:
         n + 1 - r for a relevant item without, 0 for the others."""
         if target_ids is None:
             raise ValueError("serendipity needs each user's target item: pass target_ids to update")
-        target_ids = torch.as_tensor(np.asarray(target_ids) if not isinstance(target_ids, torch.Tensor) else target_ids)
-        target_ids = target_ids.long().cpu()
-        if target_ids.shape != (lists.shape[0],):
-            raise ValueError(f"target_ids must have shape ({lists.shape[0]},), got {tuple(target_ids.shape)}")
         positions = torch.arange(1, lists.shape[1] + 1).expand_as(lists)
-        popularity_ranks = self.popularity.popularity_ranks()[lists]
+        popularity_ranks = self.popularity_ranks[lists]
         unexpected = torch.where(
             popularity_ranks > 0, (popularity_ranks - positions).clamp(min=0), self.num_items + 1 - positions
         )
@@ -274,14 +294,10 @@ class ListMetricsAccumulator:
     def _pair_distance_sums(self, lists: torch.Tensor) -> torch.Tensor:
         """(B, L): entry j - 1 is the sum of the Jaccard distances of all pairs among the first j items."""
         features = self.features[lists].double()  # (B, L, F)
-        shared = features @ features.transpose(1, 2)  # (B, L, L) |F(i) & F(j)|
-        sizes = features.sum(dim=2)  # (B, L)
-        union = sizes[:, :, None] + sizes[:, None, :] - shared
-        distances = torch.where(union > 0, (union - shared) / union.clamp(min=1), 0.0)
-        present = lists != 0
-        pairs = torch.ones(lists.shape[1], lists.shape[1], dtype=torch.bool).triu(diagonal=1)  # i < j
-        pairs = pairs & present[:, :, None] & present[:, None, :]  # (B, L, L) two listed items
-        return (distances * pairs).sum(dim=1).cumsum(dim=1)  # column j: distances of item j to earlier items
+        earlier = torch.ones(lists.shape[1], lists.shape[1], dtype=torch.double).triu(diagonal=1)  # i < j
+        # Column j: distances of item j to the items before it; lists are padded at the end only, so a listed item
+        # has only listed items before it, and the columns of padding slots are dropped.
+        return (jaccard_distances(features, features).mul_(earlier).sum(dim=1) * (lists != 0)).cumsum(dim=1)
 
     def merge(self, other: ListMetricsAccumulator) -> None:
         """Add another shard's state (the same settings, other users)."""
