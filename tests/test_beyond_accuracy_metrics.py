@@ -240,6 +240,8 @@ def test_evaluate_ranking_lists_what_recommend_lists(tiny_saved):
     # 30 items are more than some users have left unseen: their lists are short, not an error.
     num_users = len(data.splits["test"])
     assert 0 < short_lists and metrics["full_list_share@30"] == (num_users - short_lists) / num_users
+    with pytest.raises(ValueError, match="'ild' needs item_features"):  # before any batch is scored
+        evaluate_ranking(model, [], k_values=(5, 10), metrics=["hr", "ild"])
     accuracy_only = evaluate_ranking(model, loader, k_values=(5, 10), metrics=["hr", "mrr"])
     assert accuracy_only == {name: metrics[name] for name in ("hr@5", "hr@10", "mrr@5", "mrr@10", "mrr")}
 

@@ -37,7 +37,7 @@ _PER_USER_METRICS = ("arp", "novelty", "serendipity", "ild")
 _MAX_PAIRS_PER_CHUNK = 2**22  # item pairs whose distances are held at once (float64, a few copies): ~100 MB
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ItemPopularity:
     """Training popularity of each item id (index 0 is padding and stays 0).
 
@@ -64,17 +64,15 @@ class ItemPopularity:
     def from_sequences(cls, sequences: Iterable[Sequence[int]], num_items: int) -> ItemPopularity:
         """Count the events and users of each item in training sequences (one sequence of item ids per user), e.g.
         `ItemPopularity.from_sequences(dataset["train"]["item_ids"], vocabulary.num_items)`."""
-        interactions = np.zeros(num_items + 1, dtype=np.int64)
-        users = np.zeros(num_items + 1, dtype=np.int64)
-        num_users = 0
-        for row, sequence in enumerate(sequences):
-            ids = np.asarray(sequence, dtype=np.int64)
-            if ids.size and (ids.min() < 1 or ids.max() > num_items):
-                bad = ids[(ids < 1) | (ids > num_items)][0]
-                raise ValueError(f"sequence {row}: item id {bad} is outside 1..{num_items}")
-            np.add.at(interactions, ids, 1)
-            users[np.unique(ids)] += 1
-            num_users += 1
+        sequences = [np.asarray(sequence, dtype=np.int64).reshape(-1) for sequence in sequences]
+        ids = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
+        rows = np.repeat(np.arange(len(sequences)), [len(sequence) for sequence in sequences])  # row of each id
+        bad = np.flatnonzero((ids < 1) | (ids > num_items))
+        if bad.size:
+            raise ValueError(f"sequence {rows[bad[0]]}: item id {ids[bad[0]]} is outside 1..{num_items}")
+        interactions = np.bincount(ids, minlength=num_items + 1)
+        users = np.bincount(np.unique(rows * (num_items + 1) + ids) % (num_items + 1), minlength=num_items + 1)
+        num_users = len(sequences)
         return cls(torch.from_numpy(interactions), torch.from_numpy(users), num_users)
 
     @classmethod
@@ -131,12 +129,19 @@ def select_list_metrics(
     }
     if metrics is None:
         return tuple(name for name in LIST_METRICS if available[name])
+    unknown = sorted(set(metrics) - set(LIST_METRICS))
+    if unknown:
+        raise ValueError(f"Unknown list metrics {unknown}: choose from {list(LIST_METRICS)}")
     needs = {"coverage": "num_items (the catalogue size)", **dict.fromkeys(POPULARITY_METRICS, "item_popularity")}
     needs |= dict.fromkeys(FEATURE_METRICS, "item_features")
     for name in metrics:
-        if name in available and not available[name]:
+        if not available[name]:
             raise ValueError(f"Metric '{name}' needs {needs[name]}, which was not given")
     return tuple(name for name in LIST_METRICS if name in metrics)
+
+
+def _cpu_tensor(values: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
+    return values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
 
 
 def _checked_lists(lists: torch.Tensor, num_items: int | None) -> torch.Tensor:
@@ -202,7 +207,7 @@ class ListMetricsAccumulator:
         self.popularity = ItemPopularity.from_mapping(item_popularity) if item_popularity is not None else None
         self.features = None
         if item_features is not None:
-            self.features = torch.as_tensor(np.asarray(item_features)) != 0
+            self.features = _cpu_tensor(item_features) != 0
             if self.features.dim() != 2:
                 raise ValueError(
                     f"item_features must be a (num_items + 1, num_features) table, got {tuple(self.features.shape)}"
@@ -236,14 +241,11 @@ class ListMetricsAccumulator:
     def update(self, lists: torch.Tensor | np.ndarray | Sequence, target_ids: torch.Tensor | Sequence | None = None):
         """Add a batch of lists (B, L), best first and 0-padded at the end, with each user's target (B,) for
         serendipity."""
-        lists = torch.as_tensor(np.asarray(lists) if not isinstance(lists, torch.Tensor) else lists).long().cpu()
+        lists = _cpu_tensor(lists).long()
         if lists.dim() != 2 or lists.shape[1] != self.list_length:
             raise ValueError(f"lists must have shape (batch, {self.list_length}), got {tuple(lists.shape)}")
         if target_ids is not None:
-            target_ids = torch.as_tensor(
-                np.asarray(target_ids) if not isinstance(target_ids, torch.Tensor) else target_ids
-            )
-            target_ids = target_ids.long().cpu()
+            target_ids = _cpu_tensor(target_ids).long()
             if target_ids.shape != (lists.shape[0],):
                 raise ValueError(f"target_ids must have shape ({lists.shape[0]},), got {tuple(target_ids.shape)}")
         rows_per_chunk = max(1, _MAX_PAIRS_PER_CHUNK // self.list_length**2)

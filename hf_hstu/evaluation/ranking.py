@@ -11,7 +11,7 @@ from ..modeling.modeling_recommender import SequentialRecommenderPreTrainedModel
 from ..modeling.retrieval import target_ranks, top_k_items
 from ..progress import PhaseProgress, quiet_library_progress_bars
 from .beyond_accuracy import LIST_METRICS, ItemPopularity
-from .ranking_metrics import DEFAULT_K_VALUES, load_ranking_metric
+from .ranking_metrics import DEFAULT_K_VALUES, check_metric_names, load_ranking_metric
 
 
 @torch.no_grad()
@@ -39,6 +39,7 @@ def evaluate_ranking(
     With `progress`, a description such as "validation", the batches are shown as a bar on a terminal and as one line
     at the end elsewhere (on the local main process only).
     """
+    check_metric_names(metrics, item_popularity is not None, item_features is not None, has_catalogue=True)
     model = accelerator.unwrap_model(model) if accelerator is not None else model
     num_items = model.config.num_items
     wants_lists = metrics is None or any(name in LIST_METRICS for name in metrics)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .beyond_accuracy import LIST_METRICS, ItemPopularity, ListMetricsAccumulator
+from .beyond_accuracy import LIST_METRICS, ItemPopularity, ListMetricsAccumulator, select_list_metrics
 
 if TYPE_CHECKING:
     import evaluate
@@ -186,6 +186,23 @@ def metrics_from_top_k(
     return accumulator.compute()
 
 
+def check_metric_names(
+    metrics: Sequence[str] | None,
+    has_popularity: bool | None = None,
+    has_features: bool | None = None,
+    has_catalogue: bool | None = None,
+) -> None:
+    """Raise when `metrics` names an unknown metric or, for the inputs said to be given or not, one whose input is
+    missing (so that an evaluation fails before it runs)."""
+    unknown = sorted(set(metrics or ()) - set(ACCURACY_METRICS) - set(LIST_METRICS))
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}: choose from {list(ACCURACY_METRICS + LIST_METRICS)}")
+    if metrics is not None and None not in (has_popularity, has_features, has_catalogue):
+        select_list_metrics(
+            [name for name in metrics if name in LIST_METRICS], has_popularity, has_features, has_catalogue
+        )
+
+
 def recommendation_metrics(
     top_k_ids: TensorLike,
     target_ids: TensorLike,
@@ -204,9 +221,7 @@ def recommendation_metrics(
     be <= L. `metrics` names the metrics to compute; None: every one whose inputs are given (list metrics only from
     lists of at least max(K) items). Asking for a metric without its input is an error naming the input.
     """
-    unknown = sorted(set(metrics or ()) - set(ACCURACY_METRICS) - set(LIST_METRICS))
-    if unknown:
-        raise ValueError(f"Unknown metrics {unknown}: choose from {list(ACCURACY_METRICS + LIST_METRICS)}")
+    check_metric_names(metrics)
     top_k_ids = _as_long_tensor("top_k_ids", top_k_ids, dims=2)
     if target_ranks is None:
         accuracy = metrics_from_top_k(top_k_ids, target_ids, k_values)
