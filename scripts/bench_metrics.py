@@ -62,7 +62,9 @@ def main() -> None:
     start = time.perf_counter()
     metric = load_ranking_metric(config_name="full_ranking", keep_in_memory=True)
     for rows in batches:
-        metric.add_batch(predictions=lists[rows].numpy(), references=targets[rows].numpy(), ranks=ranks[rows].numpy())
+        metric.add_batch(
+            predictions=lists[rows].tolist(), references=targets[rows].tolist(), ranks=ranks[rows].tolist()
+        )
     through_module = metric.compute(k_values=list(k_values), **inputs)
     module_seconds = time.perf_counter() - start
 

@@ -67,9 +67,7 @@ def evaluate_ranking(
             lists[:, : listed.shape[1]] = listed
         if accelerator is not None:
             ranks, lists, target_ids = accelerator.gather_for_metrics((ranks, lists, target_ids))
-        metric.add_batch(
-            predictions=lists.cpu().numpy(), references=target_ids.cpu().numpy(), ranks=ranks.cpu().numpy()
-        )
+        metric.add_batch(predictions=lists.tolist(), references=target_ids.tolist(), ranks=ranks.tolist())
     batches.close()
     return metric.compute(
         k_values=list(k_values),
