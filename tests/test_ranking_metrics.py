@@ -14,6 +14,7 @@ from hf_hstu.evaluation.ranking_metrics import (
     metrics_from_top_k,
     ranks_from_scores,
     ranks_from_top_k,
+    recommendation_metrics,
 )
 
 NEG_INF = float("-inf")
@@ -28,6 +29,8 @@ def test_top_k_lists_by_hand():
     expected = {
         "hr@1": 1 / 3,
         "hr@3": 2 / 3,
+        "recall@1": 1 / 3,  # one target per user: Recall@K = HR@K
+        "recall@3": 2 / 3,
         "ndcg@1": 1 / 3,
         "ndcg@3": (1 + 1 / math.log2(4)) / 3,
         "mrr@1": 1 / 3,
@@ -36,8 +39,9 @@ def test_top_k_lists_by_hand():
     assert metrics.keys() == expected.keys()
     for name, value in expected.items():
         assert metrics[name] == pytest.approx(value, abs=1e-15), name
-    assert metrics_from_top_k([[3, 5]], [3], k_values=(1,)) == {"hr@1": 1.0, "ndcg@1": 1.0, "mrr@1": 1.0}
-    assert metrics_from_top_k([[5, 3]], [3], k_values=(1,)) == {"hr@1": 0.0, "ndcg@1": 0.0, "mrr@1": 0.0}
+    hit = {"hr@1": 1.0, "recall@1": 1.0, "ndcg@1": 1.0, "mrr@1": 1.0}
+    assert metrics_from_top_k([[3, 5]], [3], k_values=(1,)) == hit
+    assert metrics_from_top_k([[5, 3]], [3], k_values=(1,)) == dict.fromkeys(hit, 0.0)
 
 
 def test_ranks_from_scores_ties_and_exclusions():
@@ -71,6 +75,8 @@ def test_full_ranking_metrics_by_hand():
     expected = {
         "hr@10": 2 / 3,
         "hr@50": 2 / 3,
+        "recall@10": 2 / 3,
+        "recall@50": 2 / 3,
         "ndcg@10": (1 + 0.5) / 3,
         "ndcg@50": (1 + 0.5) / 3,
         "mrr@10": (1 + 1 / 3) / 3,
@@ -105,7 +111,9 @@ def test_sharded_accumulation_equals_single_pass():
 
     assert total.num_users == num_users
     assert total.compute() == single.compute()  # bit-identical
-    assert 0 < single.compute()["hr@10"] < single.compute()["hr@50"] < single.compute()["hr@200"] < 1
+    metrics = single.compute()
+    assert 0 < metrics["hr@10"] < metrics["hr@50"] < metrics["hr@100"] < metrics["hr@200"] < 1
+    assert [metrics[f"recall@{k}"] for k in (10, 50, 100, 200)] == [metrics[f"hr@{k}"] for k in (10, 50, 100, 200)]
 
 
 def test_bad_inputs_are_named():
@@ -137,12 +145,22 @@ def test_evaluate_module_gives_the_same_numbers(tmp_path):
     expected = metrics_from_top_k(top_k, targets, k_values=(1, 10, 50))
 
     metric = evaluate.load(str(EVALUATE_MODULE_PATH), cache_dir=str(tmp_path))
-    assert metric.compute(predictions=top_k.tolist(), references=targets.tolist(), k_values=[1, 10, 50]) == expected
+    accuracy = ["hr", "recall", "ndcg", "mrr"]
+    computed = metric.compute(
+        predictions=top_k.tolist(), references=targets.tolist(), k_values=[1, 10, 50], metrics=accuracy
+    )
+    assert computed == expected
 
+    # Unset, the metrics are every one the inputs allow: with the catalogue size, coverage and full lists too.
     packaged = load_ranking_metric(cache_dir=str(tmp_path))
     for batch in torch.arange(64).split(20):
         packaged.add_batch(predictions=top_k[batch].numpy(), references=targets[batch].numpy())
-    assert packaged.compute(k_values=[1, 10, 50]) == expected
+    computed = packaged.compute(k_values=[1, 10, 50], num_items=301)
+    assert computed == expected | recommendation_metrics(top_k, targets, (1, 10, 50), num_items=301)
+    assert list(computed)[len(expected) :] == [
+        f"{name}@{k}" for name in ("coverage", "full_list_share") for k in (1, 10, 50)
+    ]
+    assert computed["full_list_share@50"] == 1.0
 
     with pytest.raises(ValueError, match="same number of items"):
         metric.compute(predictions=[[1, 2], [3]], references=[1, 3], k_values=[1])

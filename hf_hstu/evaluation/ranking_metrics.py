@@ -1,8 +1,9 @@
-"""Ranking metrics for next-item prediction with one target item per user: HR@K, NDCG@K, MRR@K and MRR.
+"""Ranking metrics for next-item prediction with one target item per user: HR@K, Recall@K, NDCG@K, MRR@K and MRR.
 
 Ranks are 1-based (rank 1 = the best-scored item). With a single relevant item per user:
 
-- HR@K (hit rate, equal to Recall@K here) = 1 if rank <= K else 0;
+- HR@K (hit rate) = 1 if rank <= K else 0, and Recall@K (relevant items found / relevant items) is the same number
+  with one target; both are reported under the names users look for;
 - NDCG@K = 1 / log2(rank + 1) if rank <= K else 0 (the ideal DCG is 1);
 - MRR@K = 1 / rank if rank <= K else 0, and MRR = 1 / rank over the full ranking (no cutoff);
 
@@ -13,24 +14,32 @@ bit, whatever the batching. The `evaluate` module (`load_ranking_metric()`) comp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib.machinery
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .beyond_accuracy import LIST_METRICS, ItemPopularity, ListMetricsAccumulator, select_list_metrics
+
 if TYPE_CHECKING:
     import evaluate
 
-DEFAULT_K_VALUES = (10, 50, 200)
+DEFAULT_K_VALUES = (10, 50, 100, 200)
+ACCURACY_METRICS = ("hr", "recall", "ndcg", "mrr")  # "mrr" covers MRR@K and, from full ranks, MRR
 EVALUATE_MODULE_PATH = Path(__file__).resolve().parent / "evaluate_modules" / "ranking_metrics"
 
 TensorLike = torch.Tensor | np.ndarray | Sequence
 
 
 def _as_long_tensor(name: str, values: TensorLike, dims: int) -> torch.Tensor:
-    tensor = torch.as_tensor(values)
+    # numpy converts nested lists (what the `evaluate` module hands over) several times faster than torch.
+    tensor = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
     if tensor.dim() != dims or (tensor.numel() and tensor.is_floating_point()):
         raise ValueError(
             f"{name} must be a {dims}-D tensor of integer ids, got shape {tuple(tensor.shape)} {tensor.dtype}"
@@ -148,13 +157,15 @@ class RankingMetricsAccumulator:
         self.counts += counts.view(-1, self.max_rank + 1).sum(dim=0)
 
     def compute(self) -> dict[str, float]:
-        """The metrics averaged over users: "hr@K", "ndcg@K", "mrr@K" for each K, then "mrr" unless truncated."""
+        """The metrics averaged over users: "hr@K", "recall@K", "ndcg@K", "mrr@K" for each K, then "mrr" unless
+        truncated."""
         num_users = self.num_users
         if num_users == 0:
             raise ValueError("No ranks were accumulated: cannot average metrics over zero users")
         counts = self.counts[1:].double()  # counts[r - 1] = users at rank r
         ranks = torch.arange(1, self.max_rank + 1, dtype=torch.float64)
-        per_rank = {"hr": torch.ones_like(ranks), "ndcg": 1.0 / torch.log2(ranks + 1), "mrr": 1.0 / ranks}
+        hits = torch.ones_like(ranks)
+        per_rank = {"hr": hits, "recall": hits, "ndcg": 1.0 / torch.log2(ranks + 1), "mrr": 1.0 / ranks}
         metrics = {
             f"{name}@{k}": float((counts[:k] * values[:k]).sum() / num_users)
             for name, values in per_rank.items()
@@ -168,18 +179,102 @@ class RankingMetricsAccumulator:
 def metrics_from_top_k(
     top_k_ids: TensorLike, target_ids: TensorLike, k_values: Sequence[int] = DEFAULT_K_VALUES
 ) -> dict[str, float]:
-    """HR@K, NDCG@K and MRR@K of ranked lists (B, L) against one target per user (B,); every K must be <= L."""
+    """HR@K, Recall@K, NDCG@K and MRR@K of ranked lists (B, L) against one target per user (B,); every K must be
+    <= L."""
     top_k_ids = _as_long_tensor("top_k_ids", top_k_ids, dims=2)
     accumulator = RankingMetricsAccumulator(top_k_ids.shape[1] + 1, k_values, truncated=True)
     accumulator.update(ranks_from_top_k(top_k_ids, target_ids))
     return accumulator.compute()
 
 
+def check_metric_names(
+    metrics: Sequence[str] | None,
+    has_popularity: bool | None = None,
+    has_features: bool | None = None,
+    has_catalogue: bool | None = None,
+) -> None:
+    """Raise when `metrics` names an unknown metric or, for the inputs said to be given or not, one whose input is
+    missing (so that an evaluation fails before it runs)."""
+    unknown = sorted(set(metrics or ()) - set(ACCURACY_METRICS) - set(LIST_METRICS))
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}: choose from {list(ACCURACY_METRICS + LIST_METRICS)}")
+    if metrics is not None and None not in (has_popularity, has_features, has_catalogue):
+        select_list_metrics(
+            [name for name in metrics if name in LIST_METRICS], has_popularity, has_features, has_catalogue
+        )
+
+
+def recommendation_metrics(
+    top_k_ids: TensorLike,
+    target_ids: TensorLike,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    target_ranks: TensorLike | None = None,
+    num_items: int | None = None,
+    item_popularity: ItemPopularity | Mapping | None = None,
+    item_features: TensorLike | None = None,
+    metrics: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """The accuracy metrics of `ACCURACY_METRICS` and the list metrics of `LIST_METRICS` (beyond_accuracy.py) of
+    ranked lists (B, L), best first and 0-padded at the end, against one target per user (B,).
+
+    With `target_ranks` (B,), each target's 1-based rank over the full catalogue, the accuracy metrics come from those
+    ranks (and "mrr" without cutoff is reported); without, from the target's position in its list, and every K must
+    be <= L. `metrics` names the metrics to compute; None: every one whose inputs are given (list metrics only from
+    lists of at least max(K) items). Asking for a metric without its input is an error naming the input.
+    """
+    check_metric_names(metrics)
+    top_k_ids = _as_long_tensor("top_k_ids", top_k_ids, dims=2)
+    if target_ranks is None:
+        accuracy = metrics_from_top_k(top_k_ids, target_ids, k_values)
+    else:
+        target_ranks = _as_long_tensor("target_ranks", target_ranks, dims=1)
+        _check_targets(_as_long_tensor("target_ids", target_ids, dims=1), top_k_ids.shape[0])
+        if target_ranks.shape != (top_k_ids.shape[0],):
+            raise ValueError(f"target_ranks must have shape ({top_k_ids.shape[0]},), got {tuple(target_ranks.shape)}")
+        max_rank = max(num_items or 1, int(target_ranks.max()) if target_ranks.numel() else 1)
+        accumulator = RankingMetricsAccumulator(max_rank, k_values)
+        accumulator.update(target_ranks)
+        accuracy = accumulator.compute()
+    wanted = ACCURACY_METRICS if metrics is None else metrics
+    results = {name: value for name, value in accuracy.items() if name.split("@")[0] in wanted}
+    lists_too_short = top_k_ids.shape[1] < max(int(k) for k in k_values)
+    if (metrics is None and lists_too_short) or (metrics is not None and not set(metrics) & set(LIST_METRICS)):
+        return results
+    accumulator = ListMetricsAccumulator(
+        top_k_ids.shape[1],
+        k_values,
+        num_items=num_items,
+        item_popularity=item_popularity,
+        item_features=item_features,
+        metrics=None if metrics is None else [name for name in metrics if name in LIST_METRICS],
+    )
+    accumulator.update(top_k_ids, target_ids)
+    return results | accumulator.compute()
+
+
 def load_ranking_metric(**kwargs) -> evaluate.EvaluationModule:
     """The `evaluate` metric computing these metrics from top-k lists, loaded from the copy in this package.
 
-    No network: `evaluate.load` is given the module's folder. Keyword arguments go to `evaluate.load`.
+    No network: `evaluate.load` is given the module's folder. Keyword arguments go to `evaluate.load`; with
+    `config_name="full_ranking"` the metric also takes each target's rank over the full catalogue (`ranks`).
     """
-    import evaluate  # imported here: it is slow to import and only this entry point needs it
+    return _evaluate_library().load(str(EVALUATE_MODULE_PATH), **kwargs)
 
-    return evaluate.load(str(EVALUATE_MODULE_PATH), **kwargs)
+
+def _evaluate_library() -> ModuleType:
+    """The `evaluate` library, imported here (it is slow to import and only `load_ranking_metric` needs it).
+
+    `python scripts/train.py` (or any script in scripts/) puts scripts/ first on sys.path, where `scripts/evaluate.py`
+    would shadow the library under `import evaluate`: the library is looked up on sys.path without such folders.
+    """
+    library = sys.modules.get("evaluate")
+    if library is not None and hasattr(library, "load"):
+        return library
+    search_path = [entry for entry in sys.path if not (Path(entry or ".") / "evaluate.py").is_file()]
+    spec = importlib.machinery.PathFinder.find_spec("evaluate", search_path)
+    if spec is None:
+        raise ImportError("The `evaluate` library is not installed: pip install evaluate")
+    library = importlib.util.module_from_spec(spec)
+    sys.modules["evaluate"] = library
+    spec.loader.exec_module(library)
+    return library

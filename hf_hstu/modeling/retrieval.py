@@ -34,6 +34,7 @@ def top_k_items(
     exclude_ids: torch.Tensor | None = None,
     candidate_ids: torch.Tensor | None = None,
     max_scores_per_chunk: int = DEFAULT_MAX_SCORES_PER_CHUNK,
+    pad_missing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best-scoring items per user, sorted by decreasing score.
 
@@ -46,12 +47,14 @@ def top_k_items(
         candidate_ids: None for the whole catalogue, (C,) ids shared by all users, or (B, C) ids per user;
             ids must be in 1..num_items.
         max_scores_per_chunk: bound on B x chunk scores held at once.
+        pad_missing: a user with fewer than k candidates left after exclusion gets id 0 (score -inf) in the places
+            left over, instead of an error (evaluation lists every item it can).
 
     Returns:
         (item ids (B, k) int64, scores (B, k)).
 
     Raises:
-        ValueError: when a user has fewer than k candidates left after exclusion.
+        ValueError: when a user has fewer than k candidates left after exclusion (unless `pad_missing`).
     """
     batch_size = user_embeddings.shape[0]
     device = user_embeddings.device
@@ -88,6 +91,8 @@ def top_k_items(
                 scores = scores.masked_fill(is_excluded, float("-inf"))
             best_scores, best_ids = _merge_top_k(best_scores, best_ids, scores, chunk_ids, k)
 
+    if pad_missing:
+        return best_ids.masked_fill(torch.isneginf(best_scores), 0), best_scores
     exhausted_rows = torch.nonzero(torch.isinf(best_scores[:, -1])).flatten()
     if exhausted_rows.numel():
         raise ValueError(
