@@ -28,7 +28,7 @@ TINY = [*TINY_TRAINING_ARGUMENTS, "--top_k", "5,10"]
 RESUMABLE = [
     *("--batch_size", "8", "--gradient_accumulation_steps", "2", "--num_epochs", "2"),
     *("--lr_scheduler_type", "cosine", "--warmup_steps", "2", "--max_grad_norm", "1.0"),
-    *("--early_stopping_patience", "10", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "10"),
+    *("--early_stopping_patience", "10", "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "10"),
 ]
 
 
@@ -56,32 +56,32 @@ class Killed(Exception):
     """Stands for the end of a process right after a checkpoint was saved."""
 
 
-def test_run_killed_in_the_middle_of_an_epoch_resumes_to_the_same_weights(tmp_path, tiny_dataset, monkeypatch):
+def test_run_killed_at_any_step_resumes_to_the_same_weights(tmp_path, tiny_dataset, monkeypatch):
     straight = run(tmp_path, tiny_dataset, *RESUMABLE, name="straight")
     checkpoints = tmp_path / "straight" / "checkpoints"
-    assert [path.name for path in loop._checkpoints(checkpoints, complete_only=True)] == [
-        "checkpoint-2",
-        "checkpoint-4",
-        "checkpoint-6",
-    ]
+    names = [path.name for path in loop._checkpoints(checkpoints, complete_only=True)]
+    assert names == [f"checkpoint-{step}" for step in range(1, 7)]
     state = json.loads((checkpoints / "checkpoint-4" / "training_state.json").read_text())
     assert (state["epoch"], state["batches_in_epoch"], state["global_step"]) == (1, 2, 4)  # mid-epoch
 
     save = loop._save_checkpoint
+    for kill_at in (1, 3, 5):  # in the first epoch, at its end, in the middle of the second
+        name = f"killed_at_{kill_at}"
 
-    def save_then_die(run_state):
-        save(run_state)
-        if run_state.state.global_step == 4:
-            raise Killed
+        def save_then_die(run_state, kill_at=kill_at):
+            save(run_state)
+            if run_state.state.global_step == kill_at:
+                raise Killed
 
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        run(tmp_path, tiny_dataset, *RESUMABLE, name="killed")
-    monkeypatch.undo()
-    torch.manual_seed(1234)  # whatever the new process's RNG holds, the checkpoint's is restored
-    resumed = run(tmp_path, tiny_dataset, *RESUMABLE, "--resume_from_checkpoint", "latest", name="killed")
-    assert_same_weights(weights(checkpoints / "checkpoint-6"), weights(tmp_path / "killed/checkpoints/checkpoint-6"))
-    assert resumed.history == straight.history and resumed.test_metrics == straight.test_metrics
+        monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            run(tmp_path, tiny_dataset, *RESUMABLE, name=name)
+        monkeypatch.undo()
+        torch.manual_seed(1234)  # whatever the new session's RNG holds, the checkpoint's is restored
+        resumed = run(tmp_path, tiny_dataset, *RESUMABLE, "--resume_from_checkpoint", "latest", name=name)
+        final = tmp_path / name / "checkpoints" / "checkpoint-6"
+        assert_same_weights(weights(checkpoints / "checkpoint-6"), weights(final))
+        assert resumed.history == straight.history and resumed.test_metrics == straight.test_metrics
 
 
 KILLER = textwrap.dedent(
