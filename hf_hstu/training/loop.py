@@ -31,6 +31,7 @@ from ..evaluation.ranking import evaluate_ranking
 from ..hub.dataset_card import preprocessing_command
 from ..hub.model_card import dataset_metadata_id
 from ..hub.push import push_checkpoint, write_run_model_card
+from ..modeling.configuration_recommender import SequentialRecommenderConfig
 from ..progress import PhaseProgress, quiet_library_progress_bars
 from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
 from .data import TrainingData, load_training_data
@@ -195,10 +196,10 @@ class _Run:
     args: RecTrainingArguments
     accelerator: Accelerator
     data: TrainingData
-    config: object
+    config: SequentialRecommenderConfig
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     train_loader: DataLoader
     eval_loaders: dict
     objective: TrainingObjective
