@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 
 from hf_hstu.training.arguments import PRESETS, ModelArguments
 from hf_hstu.training.model_config import MODEL_CLASSES, build_model_config
-from hf_hstu.training.sampling import GlobalNegativeSampler
+from hf_hstu.training.objective import TrainingObjective
 
 
 @dataclass
@@ -64,15 +64,14 @@ def main() -> None:
     model = MODEL_CLASSES[config.model_type][1](config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset["learning_rate"], betas=(0.9, 0.98))
     lengths = ml1m_shaped_batches(args, config.max_seq_len, rng)
-    sampler = GlobalNegativeSampler(config.num_items, config.num_negatives, args.seed)
+    objective = TrainingObjective(config, args.seed)  # the training loop's negatives and loss
 
     step_times = []
     model.train()
     for step in range(args.warmup_steps + args.steps):
         batch = make_batch(rng.choice(lengths, size=args.batch_size), config.num_items, rng)
         start = time.perf_counter()
-        negatives = sampler.sample(batch["attention_mask"])
-        loss = model(**batch, labels=batch["input_ids"], negative_ids=negatives).loss
+        loss, _ = objective.loss(model, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

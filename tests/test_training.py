@@ -111,8 +111,9 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path, tiny_dataset):
     run(tmp_path, tiny_dataset, "--num_epochs", "2", "--early_stopping_patience", "10", name="killed")
     resume = ("--num_epochs", "3", "--early_stopping_patience", "10", "--resume_from_checkpoint", "latest")
     run(tmp_path, tiny_dataset, *resume, name="killed")
-    straight = load_file(tmp_path / "straight" / "checkpoints" / "epoch_0003" / "model.safetensors")
-    resumed = load_file(tmp_path / "killed" / "checkpoints" / "epoch_0003" / "model.safetensors")
+    # 48 training sequences in batches of 16: 3 steps per epoch
+    straight = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-9" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "checkpoints" / "checkpoint-9" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
@@ -160,23 +161,23 @@ def test_every_shipped_config_file_parses_to_its_preset():
 def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path, tiny_dataset, caplog):
     run(tmp_path, tiny_dataset, "--num_epochs", "2", "--early_stopping_patience", "10", "--save_total_limit", "5")
     checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(folder.name for folder in checkpoints.iterdir()) == ["epoch_0001", "epoch_0002"]
+    assert sorted(folder.name for folder in checkpoints.iterdir()) == ["checkpoint-3", "checkpoint-6"]
     # killed while writing epoch 3: the staging folder of this package, and a half-written folder that has the final
     # name but not the training state that is written last
-    shutil.copytree(checkpoints / "epoch_0002", checkpoints / "epoch_0003.tmp")
-    shutil.copytree(checkpoints / "epoch_0002", checkpoints / "epoch_0004")
-    (checkpoints / "epoch_0004" / "training_state.json").unlink()
+    shutil.copytree(checkpoints / "checkpoint-6", checkpoints / "checkpoint-9.tmp")
+    shutil.copytree(checkpoints / "checkpoint-6", checkpoints / "checkpoint-12")
+    (checkpoints / "checkpoint-12" / "training_state.json").unlink()
     with caplog.at_level(logging.WARNING, logger="hf_hstu.training.loop"):
         result = run(
             tmp_path,
             tiny_dataset,
             *("--num_epochs", "3", "--early_stopping_patience", "10", "--resume_from_checkpoint", "latest"),
         )
-    assert "Resuming from" in caplog.text and "epoch_0002" in caplog.text and "epoch_0004" in caplog.text
+    assert "Resuming from" in caplog.text and "checkpoint-6;" in caplog.text and "checkpoint-12" in caplog.text
     assert [record["epoch"] for record in result.history] == [1, 2, 3]
-    assert (checkpoints / "epoch_0003" / "training_state.json").is_file()
+    assert (checkpoints / "checkpoint-9" / "training_state.json").is_file()
     with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
-        run(tmp_path, tiny_dataset, "--resume_from_checkpoint", str(checkpoints / "epoch_0004"))
+        run(tmp_path, tiny_dataset, "--resume_from_checkpoint", str(checkpoints / "checkpoint-12"))
 
 
 def test_overwrite_starts_clean_and_keeps_the_old_run_until_the_new_one_saves(tmp_path, tiny_dataset, monkeypatch):
@@ -186,15 +187,15 @@ def test_overwrite_starts_clean_and_keeps_the_old_run_until_the_new_one_saves(tm
     def fail_before_the_first_checkpoint(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(loop, "_save_training_state", fail_before_the_first_checkpoint)
+    monkeypatch.setattr(loop, "_save_checkpoint", fail_before_the_first_checkpoint)
     with pytest.raises(RuntimeError, match="killed"):
         run(tmp_path, tiny_dataset, "--num_epochs", "1", "--overwrite_output_dir", "true")
     (replaced,) = tmp_path.glob("run.replaced-*")  # the old run, whole, beside the failed new one
-    assert sorted(folder.name for folder in (replaced / "checkpoints").iterdir())[-1] == "epoch_0003"
+    assert {folder.name for folder in (replaced / "checkpoints").iterdir()} >= {"checkpoint-9"}
     monkeypatch.undo()
 
     result = run(tmp_path, tiny_dataset, "--num_epochs", "1", "--overwrite_output_dir", "true")
-    assert sorted(folder.name for folder in (output_dir / "checkpoints").iterdir()) == ["epoch_0001"]
+    assert sorted(folder.name for folder in (output_dir / "checkpoints").iterdir()) == ["checkpoint-3"]
     assert not list(tmp_path.glob("run.replaced-*"))  # removed once the new run had saved
     # a later resume continues the new run, not the old one
     resumed = run(tmp_path, tiny_dataset, "--num_epochs", "2", "--resume_from_checkpoint", "latest")
@@ -212,10 +213,13 @@ def test_resume_refuses_a_checkpoint_of_other_data(tmp_path, tiny_dataset):
 
 def test_resumed_run_reports_its_total_training_time(tmp_path, tiny_dataset, monkeypatch):
     clock = iter(range(0, 10_000, 10))  # the loop's clock: each reading 10 s after the previous one
-    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(clock)), strftime=time.strftime))
+    loop_time = SimpleNamespace(
+        perf_counter=lambda: float(next(clock)), monotonic=time.monotonic, strftime=time.strftime
+    )
+    monkeypatch.setattr(loop, "time", loop_time)
     first = run(tmp_path, tiny_dataset, "--num_epochs", "1")  # readings: start 0, checkpoint 10, end 20
     assert first.train_seconds == 20.0
-    saved = json.loads((tmp_path / "run" / "checkpoints" / "epoch_0001" / "training_state.json").read_text())
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-3" / "training_state.json").read_text())
     assert saved["train_seconds"] == 10.0  # the training time up to that checkpoint
     resumed = run(tmp_path, tiny_dataset, "--num_epochs", "2", "--resume_from_checkpoint", "latest")
     assert resumed.train_seconds == 10.0 + 20.0  # before the resume, then start 30 to end 50 of this session

@@ -8,6 +8,16 @@ from .configuration_recommender import SequentialRecommenderConfig
 from .similarity import Similarity
 
 
+def supervised_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) positions of each history that are trained to predict its next event: its length - 1 (0 when empty)."""
+    return (attention_mask.sum(1) - 1).clamp(min=0)
+
+
+def negatives_per_position(config: SequentialRecommenderConfig) -> int:
+    """Negatives scored per supervised position: one for BCE (as the research code), `num_negatives` otherwise."""
+    return 1 if config.loss == "bce" else config.num_negatives
+
+
 def sample_negatives(
     positive_ids: torch.Tensor,
     num_negatives: int,
@@ -21,7 +31,8 @@ def sample_negatives(
         positive_ids: (P,) the target item of every supervised position.
         num_negatives: R negatives per position.
         num_items: catalogue size; uniform negatives are drawn from 1..num_items.
-        strategy: "uniform" over the catalogue, or "in_batch": drawn from the positives of this batch.
+        strategy: "uniform" over the catalogue, or "in_batch": drawn uniformly from the distinct positives of this
+            batch (deduplicated as the research code's in-batch sampler, so popular items are not drawn more often).
         generator: random generator (the global one when None).
 
     Returns:
@@ -29,19 +40,18 @@ def sample_negatives(
     """
     shape = (positive_ids.shape[0], num_negatives)
     if strategy == "in_batch":
-        picks = torch.randint(0, positive_ids.shape[0], shape, generator=generator, device=positive_ids.device)
-        return positive_ids[picks]
+        distinct = positive_ids.unique()
+        picks = torch.randint(0, distinct.shape[0], shape, generator=generator, device=positive_ids.device)
+        return distinct[picks]
     return torch.randint(1, num_items + 1, shape, generator=generator, device=positive_ids.device)
 
 
 class NegativeSamplingLoss(nn.Module):
     """Scores each supervised position's positive and its sampled negatives; subclasses turn that into a loss."""
 
-    num_negatives_per_positive: int | None = None
-
     def __init__(self, config: SequentialRecommenderConfig) -> None:
         super().__init__()
-        self.num_negatives = self.num_negatives_per_positive or config.num_negatives
+        self.num_negatives = negatives_per_position(config)
         self.num_items = config.num_items
         self.negative_sampling = config.negative_sampling
         self.temperature = config.temperature
@@ -79,8 +89,6 @@ class SampledSoftmaxLoss(NegativeSamplingLoss):
 class BinaryCrossEntropyLoss(NegativeSamplingLoss):
     """Binary cross-entropy with one sampled negative per positive (a negative equal to its positive is skipped),
     at `config.bce_temperature` (`config.temperature` when that is None)."""
-
-    num_negatives_per_positive = 1
 
     def __init__(self, config: SequentialRecommenderConfig) -> None:
         super().__init__(config)

@@ -14,6 +14,12 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .objective import NEGATIVES_FROM
+
+STRATEGIES = ("no", "steps", "epoch")  # as transformers' TrainingArguments name them
+# transformers schedulers (`get_scheduler`) that need no other arguments than the warm-up and the step count
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
 
 # The paper's gin settings (Zhai et al. 2024, Appendix; research code configs): architecture and training per preset.
 def _hstu(dataset, max_seq_len, hidden_size, layers, heads, head_dim, dropout, negatives, epochs) -> dict:
@@ -153,9 +159,30 @@ class RecTrainingArguments:
         default=None,
         metadata={"help": "Sequences encoded together (0 = whole batch; unset: 32 on the CPU, whole batch on GPUs)."},
     )
-    eval_every_epochs: int = field(default=1)
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={"help": f"One of {', '.join(SCHEDULERS)} (transformers' schedulers), after the warm-up."},
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up as a share of the steps (if no warmup_steps)."})
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model with torch.compile (inductor)."})
+    negatives_from: str = field(
+        default="catalogue",
+        metadata={
+            "help": "Uniform negatives from the 'catalogue' (every id of the item table) or the ids seen in 'train'."
+        },
+    )
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to validate: no, steps or epoch."})
+    eval_steps: int | None = field(default=None, metadata={"help": "Optimiser steps between validations ('steps')."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save the training state: no, steps, epoch."})
+    save_steps: int | None = field(default=None, metadata={"help": "Optimiser steps between checkpoints ('steps')."})
     metric_for_best_model: str = field(default="ndcg@10")
     early_stopping_patience: int | None = field(default=5, metadata={"help": "Evaluations without improvement."})
+    min_epochs: float = field(default=0.0, metadata={"help": "Epochs trained before early stopping may stop a run."})
+    divergence_factor: float | None = field(
+        default=10.0,
+        metadata={"help": "Stop when a step's loss exceeds this many times its running mean (NaN or inf always stop)."},
+    )
     top_k: str = field(default="10,50,200", metadata={"help": "Cut-offs of HR and NDCG."})
     save_total_limit: int = field(default=2, metadata={"help": "Full training states kept."})
     resume_from_checkpoint: str | None = field(
@@ -166,6 +193,26 @@ class RecTrainingArguments:
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
     hub_private_repo: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        """Reject values the loop would otherwise misread, naming the field."""
+        for name, allowed in (
+            ("eval_strategy", STRATEGIES),
+            ("save_strategy", STRATEGIES),
+            ("lr_scheduler_type", SCHEDULERS),
+            ("negatives_from", NEGATIVES_FROM),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}.")
+        for strategy, steps in (("eval_strategy", "eval_steps"), ("save_strategy", "save_steps")):
+            if getattr(self, strategy) == "steps" and (getattr(self, steps) or 0) < 1:
+                raise ValueError(f"{strategy}='steps' needs {steps} >= 1, got {getattr(self, steps)!r}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}.")
+        if self.divergence_factor is not None and self.divergence_factor <= 1.0:
+            raise ValueError(f"divergence_factor must be > 1 (or unset), got {self.divergence_factor}.")
 
     @property
     def k_values(self) -> tuple[int, ...]:

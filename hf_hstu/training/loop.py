@@ -1,12 +1,19 @@
-"""The training loop behind `scripts/train.py`: Accelerate (1..N processes, CPU or GPU), per-epoch validation with
-early stopping, the best model saved with `save_pretrained`, full training state every epoch for exact resumption,
-the test split scored with the best model, trackers, a model card and an optional push to the Hub."""
+"""The training loop behind `scripts/train.py`, in the shape of accelerate's complete examples:
+
+setup (data, model, optimizer and schedule, accelerator, the resumed state) -> for each batch one training step, then
+at the configured steps or epochs validation (an `EarlyStopping` keeps the best model) and an atomic checkpoint ->
+finish (the best model scored on the test split, results, model card, optional push to the Hub).
+
+A checkpoint holds all a resumed run needs to continue as if it had never stopped, also in the middle of an epoch:
+weights, optimizer, learning-rate schedule, RNG states, the negatives' generator and the loop's position.
+"""
 
 import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import time
@@ -18,23 +25,27 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
+from transformers import get_scheduler
 
 from ..data import SequenceCollator
 from ..evaluation.ranking import evaluate_ranking
 from ..hub.dataset_card import preprocessing_command
 from ..hub.model_card import dataset_metadata_id
 from ..hub.push import push_checkpoint, write_run_model_card
+from ..modeling.configuration_recommender import SequentialRecommenderConfig
 from ..progress import PhaseProgress, quiet_library_progress_bars
 from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
 from .data import TrainingData, load_training_data
 from .launch import check_process_launch
 from .model_config import MODEL_CLASSES, build_model_config
-from .sampling import EpochSeededSampler, GlobalNegativeSampler
+from .objective import TrainingObjective, train_item_ids
+from .sampling import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
 
 BEST_MODEL_DIR = "best_model"
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"  # checkpoints/checkpoint-<optimiser step>, as transformers' Trainer names them
 CHECKPOINT_COMPLETE_FILE = "training_state.json"  # written last into a checkpoint folder
 # Config entries that describe the saving process, not the model; ignored when comparing configs on resume.
 _NON_ARCHITECTURE_KEYS = {"_name_or_path", "transformers_version", "auto_map", "architectures", "dtype"}
@@ -42,15 +53,18 @@ _NON_ARCHITECTURE_KEYS = {"_name_or_path", "transformers_version", "auto_map", "
 
 @dataclass
 class TrainingState:
-    """Progress saved with every checkpoint, so that a resumed run continues exactly."""
+    """Where the loop is, saved with every checkpoint so that a resumed run continues exactly."""
 
-    epoch: int = 0
-    global_step: int = 0
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    evaluations_without_improvement: int = 0
+    epoch: int = 0  # completed epochs
+    batches_in_epoch: int = 0  # batches of the current epoch already trained on (skipped when resuming)
+    global_step: int = 0  # optimiser steps
     train_seconds: float = 0.0  # training time of all the run's sessions up to this checkpoint
     history: list = field(default_factory=list)
+
+    def epochs_done(self, batches_per_epoch: int) -> float:
+        """Epochs trained, with the fraction of the current one (an int at epoch ends)."""
+        done = self.epoch + self.batches_in_epoch / batches_per_epoch
+        return int(done) if float(done).is_integer() else round(done, 4)
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -61,16 +75,502 @@ class TrainingState:
 
 
 @dataclass
+class EarlyStopping:
+    """The best validation score and when it was reached; asks to stop after `patience` evaluations without
+    improvement, but not before `min_epochs` epochs were trained."""
+
+    patience: int | None
+    min_epochs: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_epoch: float | None = None
+    evaluations_without_improvement: int = 0
+
+    def update(self, score: float, step: int, epoch: float) -> bool:
+        """Record an evaluation's score; True when it is the best so far."""
+        if self.best_metric is None or score > self.best_metric:
+            self.best_metric, self.best_step, self.best_epoch = score, step, epoch
+            self.evaluations_without_improvement = 0
+            return True
+        self.evaluations_without_improvement += 1
+        return False
+
+    def should_stop(self, epoch: float) -> bool:
+        patience_spent = self.patience is not None and self.evaluations_without_improvement >= self.patience
+        return patience_spent and epoch >= self.min_epochs
+
+    _SAVED = ("best_metric", "best_step", "best_epoch", "evaluations_without_improvement")
+
+    def state_dict(self) -> dict:  # the settings (patience, min_epochs) come from the resumed run's arguments
+        return {name: getattr(self, name) for name in self._SAVED}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._SAVED:
+            setattr(self, name, state[name])
+
+
+@dataclass
+class DivergenceGuard:
+    """Stops a run whose loss is NaN or infinite, or (with a `factor`) more than `factor` times its running mean:
+    the mean of the first `window` losses, then an exponential mean over about `window` steps."""
+
+    factor: float | None
+    window: int = 20
+    mean: float = 0.0
+    count: int = 0
+
+    def check(self, loss: float, step: int, epoch: int, output_dir: Path) -> None:
+        """Raise a FloatingPointError naming the step (1-based) and epoch (0-based index) of a diverged loss."""
+        problem = None
+        if not math.isfinite(loss):
+            problem = f"The training loss is {loss} at step {step} (epoch {epoch + 1})."
+        elif self.factor is not None and self.count >= self.window and loss > self.factor * self.mean:
+            problem = (
+                f"The training loss {loss:.4g} at step {step} (epoch {epoch + 1}) is more than {self.factor:g} times "
+                f"its running mean {self.mean:.4g}: the run diverged."
+            )
+        if problem:
+            raise FloatingPointError(
+                f"{problem} Lower the learning rate, set --max_grad_norm, or check the data. The best model and the "
+                f"checkpoints in {output_dir / CHECKPOINTS_DIR} were kept as they were (the newest is what "
+                "--resume_from_checkpoint latest continues)."
+            )
+        self.count += 1
+        self.mean += (loss - self.mean) / min(self.count, self.window)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.count = state["mean"], state["count"]
+
+
+class ThroughputMeter:
+    """Loss, sequences and tokens since the last log, as rates over the time since then (all processes)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.loss_sum, self.batches, self.sequences, self.tokens = time.monotonic(), 0.0, 0, 0, 0
+
+    def add(self, loss: float, attention_mask: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.batches += 1
+        self.sequences += attention_mask.shape[0]
+        self.tokens += int(attention_mask.sum())
+
+    def read(self, accelerator: Accelerator) -> dict:
+        """The window's mean loss and rates (a collective call: every process calls it at the same step)."""
+        seconds = max(time.monotonic() - self.start, 1e-9)
+        counts = torch.tensor([float(self.sequences), float(self.tokens)], device=accelerator.device)
+        sequences, tokens = accelerator.reduce(counts, reduction="sum").tolist()
+        record = {
+            "train/loss": self.loss_sum / max(self.batches, 1),
+            "train/sequences_per_second": sequences / seconds,
+            "train/tokens_per_second": tokens / seconds,
+        }
+        self.reset()
+        return record
+
+
+@dataclass
 class TrainingResult:
     output_dir: str
     best_model_dir: str
-    best_epoch: int | None
+    best_epoch: float | None
     validation_metrics: dict | None
     test_metrics: dict | None
     train_seconds: float
     num_processes: int
     history: list
     command: str = ""  # what reproduces the run on another machine (no local paths), as in the model card
+    best_step: int | None = None
+
+
+@dataclass
+class _Run:
+    """What setup builds for the loop."""
+
+    model_args: ModelArguments
+    data_args: DataArguments
+    args: RecTrainingArguments
+    accelerator: Accelerator
+    data: TrainingData
+    config: SequentialRecommenderConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_loaders: dict
+    objective: TrainingObjective
+    state: TrainingState
+    early_stopping: EarlyStopping
+    guard: DivergenceGuard
+    dataset_signature: dict
+    replaced_run: Path | None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def epochs_done(self) -> float:
+        return self.state.epochs_done(len(self.train_loader))
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
+    """Train, validate, early-stop, test with the best model, and save (and optionally push) it.
+
+    Progress is a bar per epoch on a terminal, and one line per epoch and evaluation in a log file or pipe."""
+    with quiet_library_progress_bars():
+        run = _setup(model_args, data_args, training_args)
+        return _train(run)
+
+
+def _train(run: _Run) -> TrainingResult:
+    """The loop: steps, with validation and checkpoints when the strategies say, until the last epoch, max_steps or
+    early stopping."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    start_time, seconds_before = time.perf_counter(), state.train_seconds  # earlier sessions of a resumed run
+    meter = ThroughputMeter()
+    stop = args.max_steps is not None and state.global_step >= args.max_steps
+    for epoch in range(state.epoch, 0 if stop else args.num_epochs):
+        run.train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
+        batches = run.train_loader
+        if state.batches_in_epoch:  # resumed in the middle of this epoch: skip the batches already trained on
+            batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
+        progress = PhaseProgress(
+            batches, desc=f"epoch {epoch + 1}/{args.num_epochs}", disable=not accelerator.is_local_main_process
+        )
+        for batch in progress:
+            with accelerator.accumulate(run.model):
+                loss = _training_step(run, batch, epoch)
+            state.batches_in_epoch += 1
+            meter.add(loss, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            epoch_end = state.batches_in_epoch == len(run.train_loader)
+            if epoch_end:
+                state.epoch, state.batches_in_epoch = epoch + 1, 0
+            progress.set_postfix(loss=f"{loss:.4f}")
+            if state.global_step % args.logging_steps == 0 and args.report_to != "none":
+                learning_rate = run.scheduler.get_last_lr()[0]
+                record = {
+                    **meter.read(accelerator),
+                    "train/learning_rate": learning_rate,
+                    "train/epoch": run.epochs_done,
+                }
+                accelerator.log(record, step=state.global_step)
+            stop = args.max_steps is not None and state.global_step >= args.max_steps
+            last = stop or (epoch_end and state.epoch == args.num_epochs)
+            if _due(args.eval_strategy, args.eval_steps, state.global_step, epoch_end) or last:
+                stop = _evaluate(run) or stop
+                meter.reset()  # the rates measure training only
+            if args.save_strategy != "no" and (
+                _due(args.save_strategy, args.save_steps, state.global_step, epoch_end) or last or stop
+            ):
+                state.train_seconds = seconds_before + time.perf_counter() - start_time
+                _save_checkpoint(run)
+            if stop:
+                break
+        progress.close()
+        if stop:
+            break
+    return _finish(run, seconds_before + time.perf_counter() - start_time)
+
+
+def _due(strategy: str, every_steps: int | None, global_step: int, epoch_end: bool) -> bool:
+    """Whether an eval or save strategy ("no", "steps", "epoch") asks for it at this optimiser step."""
+    return (strategy == "steps" and global_step % every_steps == 0) or (strategy == "epoch" and epoch_end)
+
+
+def _training_step(run: _Run, batch: dict, epoch: int) -> float:
+    """Forward, divergence check, backward, clipping, optimiser and schedule (inside `accelerator.accumulate`, so
+    the optimiser steps only every `gradient_accumulation_steps` batches); returns the mean loss of all processes."""
+    accelerator = run.accelerator
+    loss, value = run.objective.loss(run.model, batch, accelerator)
+    if accelerator.num_processes > 1:  # every process checks the same number, so all stop together
+        value = float(accelerator.reduce(torch.tensor(value, device=accelerator.device), reduction="mean"))
+    run.guard.check(value, run.state.global_step + 1, epoch, run.output_dir)
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and run.args.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(run.model.parameters(), run.args.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    return value
+
+
+def _evaluate(run: _Run) -> bool:
+    """Validate, record and log the metrics, and save the model when it is the best so far (without a validation
+    split or with eval_strategy "no", the current model is the best); True when early stopping says stop."""
+    args, accelerator, state, stopping = run.args, run.accelerator, run.state, run.early_stopping
+    epoch = run.epochs_done
+    if "validation" not in run.eval_loaders or args.eval_strategy == "no":
+        stopping.best_step, stopping.best_epoch = state.global_step, epoch
+        _save_best_model(run)
+        return False
+    metrics = evaluate_ranking(
+        run.model, run.eval_loaders["validation"], accelerator, args.k_values, progress="validation"
+    )
+    run.model.train()
+    record = {"epoch": epoch, "step": state.global_step, **{f"validation/{k}": v for k, v in metrics.items()}}
+    state.history.append(record)
+    if args.report_to != "none":
+        accelerator.log(record, step=state.global_step)
+    if stopping.update(metrics[args.metric_for_best_model], state.global_step, epoch):
+        _save_best_model(run)
+    accelerator.print(
+        f"epoch {epoch} (step {state.global_step}): "
+        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        + f" (best {args.metric_for_best_model}={stopping.best_metric:.4f} at step {stopping.best_step})"
+    )
+    if stopping.should_stop(epoch):
+        accelerator.print(f"Early stopping: no improvement for {stopping.evaluations_without_improvement} evaluations.")
+        return True
+    return False
+
+
+def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> _Run:
+    """The accelerator, data, model, optimizer and schedule, the objective, and the saved state when resuming."""
+    output_dir = Path(training_args.output_dir)
+    resuming = training_args.resume_from_checkpoint is not None
+    accelerator = Accelerator(
+        mixed_precision=training_args.mixed_precision,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        log_with=None if training_args.report_to == "none" else training_args.report_to,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    check_process_launch(os.environ, accelerator.num_processes)
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/hstu-ml1m).")
+    if training_args.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"batch_size ({training_args.batch_size}) must be divisible by the number of processes "
+            f"({accelerator.num_processes})."
+        )
+    replaced_run = None
+    if accelerator.is_main_process:
+        replaced_run = _prepare_output_dir(output_dir, resuming, training_args.overwrite_output_dir)
+    accelerator.wait_for_everyone()
+    set_seed(training_args.seed)
+
+    with accelerator.main_process_first():
+        data: TrainingData = load_training_data(data_args, model_args.max_seq_len)
+    config = build_model_config(model_args, data.vocabulary.num_items)
+    checkpoint_path = _find_checkpoint(output_dir, training_args.resume_from_checkpoint) if resuming else None
+    dataset_signature = _dataset_signature(data)  # stored in every checkpoint
+    if checkpoint_path is not None:
+        _check_resumable(checkpoint_path, config, dataset_signature)
+    model = _with_runtime_settings(MODEL_CLASSES[model_args.model_type][1](config), training_args)
+    if training_args.torch_compile:
+        _compile_blocks(model)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=training_args.learning_rate,
+        betas=(training_args.adam_beta1, training_args.adam_beta2),
+        weight_decay=training_args.weight_decay,
+    )
+    train_loader = DataLoader(
+        data.splits["train"],
+        batch_size=training_args.batch_size,
+        sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
+        # Training rows keep the events the loss reads (one more than max_seq_len with the research window).
+        collate_fn=SequenceCollator(config.max_seq_len, training_window=config.max_training_events),
+        num_workers=data_args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(training_args.seed),  # not the global RNG that dropout draws from
+    )
+    eval_loaders = {
+        split: DataLoader(
+            data.splits[split],
+            batch_size=training_args.eval_batch_size,
+            collate_fn=data.collator,
+            num_workers=data_args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(training_args.seed),
+        )
+        for split in ("validation", "test")
+        if split in data.splits
+    }
+    scheduler = _lr_scheduler(optimizer, training_args, batches_per_epoch=len(train_loader))
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
+
+    item_ids = train_item_ids(data.splits["train"]) if training_args.negatives_from == "train" else None
+    run = _Run(
+        model_args=model_args,
+        data_args=data_args,
+        args=training_args,
+        accelerator=accelerator,
+        data=data,
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        eval_loaders=eval_loaders,
+        objective=TrainingObjective(config, training_args.seed, item_ids),
+        state=TrainingState(),
+        early_stopping=EarlyStopping(training_args.early_stopping_patience, training_args.min_epochs),
+        guard=DivergenceGuard(training_args.divergence_factor),
+        dataset_signature=dataset_signature,
+        replaced_run=replaced_run,
+    )
+    for stateful in (run.state, run.early_stopping, run.guard, run.objective):
+        accelerator.register_for_checkpointing(stateful)
+    if checkpoint_path is not None:
+        accelerator.load_state(str(checkpoint_path))
+        accelerator.print(f"Resumed from {checkpoint_path} (step {run.state.global_step}, epoch {run.epochs_done}).")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if training_args.report_to != "none":
+        accelerator.init_trackers(
+            "hf_hstu", config={**_flat_arguments(model_args, data_args, training_args), "num_items": config.num_items}
+        )
+    model.train()
+    return run
+
+
+def _compile_blocks(model: torch.nn.Module) -> None:
+    """`torch.compile` each repeated block (the modules of the model's ModuleLists: its layers) in place, as
+    accelerate's regional compilation: one compilation serves every layer, the model keeps its class (saving and
+    evaluation are unchanged), and the data-dependent batch preparation and sampled loss stay eager."""
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                block.compile()
+
+
+def _lr_scheduler(optimizer: torch.optim.Optimizer, args: RecTrainingArguments, batches_per_epoch: int):
+    """transformers' schedule `lr_scheduler_type` over the run's optimiser steps, after a linear warm-up."""
+    total_steps = args.max_steps or args.num_epochs * math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    warmup_steps = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
+    name = "constant_with_warmup" if args.lr_scheduler_type == "constant" and warmup_steps else args.lr_scheduler_type
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def _finish(run: _Run, train_seconds: float) -> TrainingResult:
+    """Score the best model on the test split; write results.json and the model card; push when asked."""
+    args, accelerator, stopping = run.args, run.accelerator, run.early_stopping
+    best_model_dir = run.output_dir / BEST_MODEL_DIR
+    test_metrics = None
+    if "test" in run.eval_loaders:
+        accelerator.wait_for_everyone()
+        best_model = MODEL_CLASSES[run.model_args.model_type][1].from_pretrained(best_model_dir)
+        best_model = _with_runtime_settings(best_model, args).to(accelerator.device)
+        test_metrics = evaluate_ranking(
+            best_model, run.eval_loaders["test"], accelerator, args.k_values, progress="test"
+        )
+    best_record = next((r for r in run.state.history if r["step"] == stopping.best_step), None)
+    validation_metrics = None
+    if best_record is not None:
+        validation_metrics = {k.split("/", 1)[1]: v for k, v in best_record.items() if k.startswith("validation/")}
+    result = TrainingResult(
+        output_dir=str(run.output_dir),
+        best_model_dir=str(best_model_dir),
+        best_epoch=stopping.best_epoch,
+        best_step=stopping.best_step,
+        validation_metrics=validation_metrics,
+        test_metrics=test_metrics,
+        train_seconds=train_seconds,
+        num_processes=accelerator.num_processes,
+        history=run.state.history,
+        command=reproducing_command(run.model_args, run.data_args, args, run.data, accelerator.num_processes),
+    )
+    if accelerator.is_main_process:
+        (run.output_dir / "results.json").write_text(json.dumps(asdict(result), indent=2))
+        if test_metrics is not None and args.report_to != "none":
+            accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=run.state.global_step)
+        accelerator.print(format_summary(result, args.metric_for_best_model))
+        if stopping.best_step is not None:
+            write_run_model_card(
+                best_model_dir,
+                dataset_name=run.data.name,
+                metrics=test_metrics,
+                training_seconds=train_seconds,
+                num_processes=accelerator.num_processes,
+                device=accelerator.device,
+                training_config=_portable_settings(run.model_args, run.data_args, args, run.data),
+                protocol=run.data.protocol_text,
+                model_id=args.hub_model_id,
+                command=result.command,
+                dataset_id=_hub_dataset_id(run.data_args) or dataset_metadata_id(run.data.metadata, run.data.reference),
+            )
+            if args.push_to_hub:
+                url = push_checkpoint(best_model_dir, args.hub_model_id, args.hub_private_repo)
+                accelerator.print(f"Pushed {best_model_dir} to {url}")
+    _remove_replaced_run(run)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _with_runtime_settings(model, training_args: RecTrainingArguments):
+    """The model with the run's computation settings, which are not part of its config (nor of checkpoints)."""
+    if training_args.attn_implementation is not None:
+        model.set_attn_implementation(training_args.attn_implementation)
+    model.length_group_size = training_args.length_group_size
+    return model
+
+
+def _save_best_model(run: _Run) -> None:
+    """`save_pretrained` of the model and the item vocabulary into best_model/, through a staging folder."""
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        best_model_dir = run.output_dir / BEST_MODEL_DIR
+        staging = best_model_dir.with_name(best_model_dir.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        accelerator.unwrap_model(run.model).save_pretrained(staging)
+        run.data.vocabulary.save(staging)
+        shutil.rmtree(best_model_dir, ignore_errors=True)
+        staging.rename(best_model_dir)
+    accelerator.wait_for_everyone()
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Save the full training state atomically: into `checkpoint-<step>.tmp`, renamed once every file is written
+    (training_state.json last); keep the newest `save_total_limit`."""
+    accelerator, state = run.accelerator, run.state
+    checkpoint_dir = run.output_dir / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{state.global_step}"
+    staging = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (staging / "model_config.json").write_text(json.dumps(run.config.to_dict(), indent=2, sort_keys=True))
+        (staging / "dataset.json").write_text(json.dumps(run.dataset_signature, indent=2))
+        saved = {**state.state_dict(), "early_stopping": run.early_stopping.state_dict()}
+        (staging / CHECKPOINT_COMPLETE_FILE).write_text(json.dumps(saved, indent=2))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        staging.rename(checkpoint_dir)
+        for old in _checkpoints(checkpoint_dir.parent, complete_only=True)[: -run.args.save_total_limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    _remove_replaced_run(run)
+
+
+def _remove_replaced_run(run: _Run) -> None:
+    """Once this run has saved, delete the runs it replaced with --overwrite_output_dir (also by failed tries)."""
+    if run.replaced_run is not None:
+        for folder in run.output_dir.parent.glob(f"{run.output_dir.name}.replaced-*"):
+            shutil.rmtree(folder)
+        run.replaced_run = None
+
+
+def _checkpoints(folder: Path, complete_only: bool) -> list[Path]:
+    """The checkpoint-<step> folders in `folder` by step (with their .tmp staging folders unless `complete_only`)."""
+    found = []
+    for path in folder.glob(f"{CHECKPOINT_PREFIX}*"):
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)(\.tmp)?", path.name)
+        complete = match is not None and not match.group(2) and (path / CHECKPOINT_COMPLETE_FILE).is_file()
+        if match and (complete or not complete_only):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -85,8 +585,8 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 def _find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path:
     """The checkpoint folder to resume from: the given one, or with "latest" the newest complete one in output_dir.
 
-    A checkpoint is written into `epoch_NNNN.tmp` and renamed once complete (its training_state.json is written
-    last), so a run killed while saving leaves no folder that looks complete.
+    A checkpoint is written into `checkpoint-<step>.tmp` and renamed once complete (its training_state.json is
+    written last), so a run killed while saving leaves no folder that looks complete.
     """
     if resume_from_checkpoint != "latest":
         path = Path(resume_from_checkpoint)
@@ -95,16 +595,14 @@ def _find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path:
                 f"{path} is not a complete training checkpoint (no {CHECKPOINT_COMPLETE_FILE} in it)."
             )
         return path
-    folders = sorted((output_dir / CHECKPOINTS_DIR).glob("epoch_*"))
-    complete = [
-        folder for folder in folders if folder.suffix != ".tmp" and (folder / CHECKPOINT_COMPLETE_FILE).is_file()
-    ]
+    folder = output_dir / CHECKPOINTS_DIR
+    folders, complete = _checkpoints(folder, complete_only=False), _checkpoints(folder, complete_only=True)
     if not complete:
         raise FileNotFoundError(
-            f"No complete checkpoint to resume from in {output_dir / CHECKPOINTS_DIR}"
-            + (f" (incomplete: {', '.join(folder.name for folder in folders)})." if folders else ".")
+            f"No complete checkpoint to resume from in {folder}"
+            + (f" (incomplete: {', '.join(path.name for path in folders)})." if folders else ".")
         )
-    skipped = [folder.name for folder in folders if folder not in complete and folder.name > complete[-1].name]
+    skipped = [path.name for path in folders[folders.index(complete[-1]) + 1 :]]
     if skipped:
         logger.warning(
             "Resuming from %s; skipped the newer incomplete checkpoint(s) %s (a run stopped while saving).",
@@ -112,6 +610,20 @@ def _find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path:
             ", ".join(skipped),
         )
     return complete[-1]
+
+
+def _check_resumable(checkpoint_path: Path, config, dataset_signature: dict) -> None:
+    """Refuse a checkpoint of another model config or of other data, naming the differences."""
+    saved_config = json.loads((checkpoint_path / "model_config.json").read_text())
+    differences = _config_differences(saved_config, json.loads(json.dumps(config.to_dict(), sort_keys=True)))
+    if differences:
+        raise ValueError(f"Cannot resume from {checkpoint_path}: its model config differs: " + "; ".join(differences))
+    saved_dataset = json.loads((checkpoint_path / "dataset.json").read_text())
+    differences = _config_differences(saved_dataset, dataset_signature)
+    if differences:
+        raise ValueError(
+            f"Cannot resume from {checkpoint_path}: it was trained on other data: " + "; ".join(differences)
+        )
 
 
 def _prepare_output_dir(output_dir: Path, resuming: bool, overwrite: bool) -> Path | None:
@@ -146,307 +658,6 @@ def _dataset_signature(data: TrainingData) -> dict:
         "train_sequences": len(train_split),
         "item_vocabulary_sha256": hashlib.sha256(vocabulary.encode()).hexdigest(),
     }
-
-
-def train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
-    """Train, validate, early-stop, test with the best model, and save (and optionally push) it.
-
-    Progress is a bar per epoch on a terminal, and one line per epoch and evaluation in a log file or pipe."""
-    with quiet_library_progress_bars():
-        return _train(model_args, data_args, training_args)
-
-
-def _train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
-    output_dir = Path(training_args.output_dir)
-    resuming = training_args.resume_from_checkpoint is not None
-    accelerator = Accelerator(
-        mixed_precision=training_args.mixed_precision,
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        log_with=None if training_args.report_to == "none" else training_args.report_to,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-    )
-    check_process_launch(os.environ, accelerator.num_processes)
-    if training_args.push_to_hub and not training_args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/hstu-ml1m).")
-    if training_args.batch_size % accelerator.num_processes:
-        raise ValueError(
-            f"batch_size ({training_args.batch_size}) must be divisible by the number of processes "
-            f"({accelerator.num_processes})."
-        )
-    replaced_run = None
-    if accelerator.is_main_process:
-        replaced_run = _prepare_output_dir(output_dir, resuming, training_args.overwrite_output_dir)
-    accelerator.wait_for_everyone()
-    set_seed(training_args.seed)
-
-    with accelerator.main_process_first():
-        data: TrainingData = load_training_data(data_args, model_args.max_seq_len)
-    config = build_model_config(model_args, data.vocabulary.num_items)
-    checkpoint_path = _find_checkpoint(output_dir, training_args.resume_from_checkpoint) if resuming else None
-    dataset_signature = _dataset_signature(data)  # stored in every checkpoint
-    if checkpoint_path is not None:
-        saved_config = json.loads((checkpoint_path / "model_config.json").read_text())
-        differences = _config_differences(saved_config, json.loads(json.dumps(config.to_dict(), sort_keys=True)))
-        if differences:
-            raise ValueError(
-                f"Cannot resume from {checkpoint_path}: its model config differs: " + "; ".join(differences)
-            )
-        saved_dataset = json.loads((checkpoint_path / "dataset.json").read_text())
-        differences = _config_differences(saved_dataset, dataset_signature)
-        if differences:
-            raise ValueError(
-                f"Cannot resume from {checkpoint_path}: it was trained on other data: " + "; ".join(differences)
-            )
-    model = _with_runtime_settings(MODEL_CLASSES[model_args.model_type][1](config), training_args)
-
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=training_args.learning_rate,
-        betas=(training_args.adam_beta1, training_args.adam_beta2),
-        weight_decay=training_args.weight_decay,
-    )
-    train_loader = DataLoader(
-        data.splits["train"],
-        batch_size=training_args.batch_size,
-        sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
-        # Training rows keep the events the loss reads (one more than max_seq_len with the research window).
-        collate_fn=SequenceCollator(config.max_seq_len, training_window=config.max_training_events),
-        num_workers=data_args.dataloader_num_workers,
-        drop_last=False,
-    )
-    eval_loaders = {
-        split: DataLoader(
-            data.splits[split],
-            batch_size=training_args.eval_batch_size,
-            collate_fn=data.collator,
-            num_workers=data_args.dataloader_num_workers,
-        )
-        for split in ("validation", "test")
-        if split in data.splits
-    }
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
-
-    state = TrainingState()
-    negative_sampler = None
-    if config.negative_sampling == "uniform":  # in-batch negatives stay with the model (drawn per process)
-        negative_sampler = GlobalNegativeSampler(
-            config.num_items, 1 if config.loss == "bce" else config.num_negatives, training_args.seed
-        )
-        accelerator.register_for_checkpointing(negative_sampler)
-    accelerator.register_for_checkpointing(state)
-    if checkpoint_path is not None:
-        accelerator.load_state(str(checkpoint_path))
-        accelerator.print(f"Resumed from {checkpoint_path} (epoch {state.epoch}, step {state.global_step}).")
-
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if training_args.report_to != "none":
-        accelerator.init_trackers(
-            "hf_hstu", config={**_flat_arguments(model_args, data_args, training_args), "num_items": config.num_items}
-        )
-    validation_split = "validation" if "validation" in eval_loaders else None
-    best_model_dir = output_dir / BEST_MODEL_DIR
-    start_time, seconds_before = time.perf_counter(), state.train_seconds  # earlier sessions of a resumed run
-    stop = False
-    for epoch in range(state.epoch, training_args.num_epochs):
-        train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
-        model.train()
-        progress = PhaseProgress(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{training_args.num_epochs}",
-            disable=not accelerator.is_local_main_process,
-        )
-        for batch in progress:
-            with accelerator.accumulate(model):
-                negative_ids = (
-                    negative_sampler.sample(batch["attention_mask"], accelerator) if negative_sampler else None
-                )
-                loss = model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    timestamps=batch["timestamps"],
-                    labels=batch["labels"],
-                    ratings=batch.get("ratings"),
-                    negative_ids=negative_ids,
-                ).loss
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"The training loss is {loss_value} at step {state.global_step + 1} (epoch {epoch + 1}). "
-                        "Lower the learning rate, set --max_grad_norm, or check the data; the saved best model and "
-                        "checkpoints were left as they were."
-                    )
-                accelerator.backward(_globally_weighted(loss, batch["attention_mask"], accelerator))
-                if accelerator.sync_gradients and training_args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), training_args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                state.global_step += 1
-                progress.set_postfix(loss=f"{loss_value:.4f}")
-                if training_args.report_to != "none" and state.global_step % training_args.logging_steps == 0:
-                    accelerator.log({"train/loss": loss_value, "train/epoch": epoch + 1}, step=state.global_step)
-            if training_args.max_steps is not None and state.global_step >= training_args.max_steps:
-                stop = True
-                break
-        progress.close()
-        state.epoch = epoch + 1
-
-        if validation_split and (
-            state.epoch % training_args.eval_every_epochs == 0 or stop or state.epoch == training_args.num_epochs
-        ):
-            metrics = evaluate_ranking(
-                model, eval_loaders[validation_split], accelerator, training_args.k_values, progress="validation"
-            )
-            record = {
-                "epoch": state.epoch,
-                "step": state.global_step,
-                **{f"validation/{k}": v for k, v in metrics.items()},
-            }
-            state.history.append(record)
-            if training_args.report_to != "none":
-                accelerator.log(record, step=state.global_step)
-            score = metrics[training_args.metric_for_best_model]
-            if state.best_metric is None or score > state.best_metric:
-                state.best_metric, state.best_epoch = score, state.epoch
-                state.evaluations_without_improvement = 0
-                _save_best_model(accelerator, model, data, best_model_dir)
-            else:
-                state.evaluations_without_improvement += 1
-            accelerator.print(
-                f"epoch {state.epoch}: "
-                + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                + f" (best {training_args.metric_for_best_model}={state.best_metric:.4f} at epoch {state.best_epoch})"
-            )
-            if (
-                training_args.early_stopping_patience is not None
-                and state.evaluations_without_improvement >= training_args.early_stopping_patience
-            ):
-                accelerator.print(
-                    f"Early stopping: no improvement for {state.evaluations_without_improvement} evaluations."
-                )
-                stop = True
-        elif not validation_split:  # no validation split: the last model is the best model
-            state.best_epoch = state.epoch
-            _save_best_model(accelerator, model, data, best_model_dir)
-        state.train_seconds = seconds_before + time.perf_counter() - start_time
-        _save_training_state(accelerator, config, dataset_signature, state, output_dir, training_args.save_total_limit)
-        if replaced_run is not None:  # this run has started well: the runs it replaces (also by failed tries) go
-            for folder in output_dir.parent.glob(f"{output_dir.name}.replaced-*"):
-                shutil.rmtree(folder)
-            replaced_run = None
-        if stop:
-            break
-    train_seconds = seconds_before + time.perf_counter() - start_time
-
-    test_metrics = None
-    if "test" in eval_loaders:
-        accelerator.wait_for_everyone()
-        best_model = MODEL_CLASSES[model_args.model_type][1].from_pretrained(best_model_dir)
-        best_model = _with_runtime_settings(best_model, training_args).to(accelerator.device)
-        test_metrics = evaluate_ranking(
-            best_model, eval_loaders["test"], accelerator, training_args.k_values, progress="test"
-        )
-    validation_metrics = None
-    if state.best_epoch is not None and validation_split:
-        best_record = next(r for r in state.history if r["epoch"] == state.best_epoch)
-        validation_metrics = {k.split("/", 1)[1]: v for k, v in best_record.items() if k.startswith("validation/")}
-    result = TrainingResult(
-        output_dir=str(output_dir),
-        best_model_dir=str(best_model_dir),
-        best_epoch=state.best_epoch,
-        validation_metrics=validation_metrics,
-        test_metrics=test_metrics,
-        train_seconds=train_seconds,
-        num_processes=accelerator.num_processes,
-        history=state.history,
-        command=reproducing_command(model_args, data_args, training_args, data, accelerator.num_processes),
-    )
-    if accelerator.is_main_process:
-        (output_dir / "results.json").write_text(json.dumps(asdict(result), indent=2))
-        if test_metrics is not None and training_args.report_to != "none":
-            accelerator.log({f"test/{k}": v for k, v in test_metrics.items()}, step=state.global_step)
-        accelerator.print(format_summary(result, training_args.metric_for_best_model))
-        if state.best_epoch is not None:
-            write_run_model_card(
-                best_model_dir,
-                dataset_name=data.name,
-                metrics=test_metrics,
-                training_seconds=train_seconds,
-                num_processes=accelerator.num_processes,
-                device=accelerator.device,
-                training_config=_portable_settings(model_args, data_args, training_args, data),
-                protocol=data.protocol_text,
-                model_id=training_args.hub_model_id,
-                command=result.command,
-                dataset_id=_hub_dataset_id(data_args) or dataset_metadata_id(data.metadata, data.reference),
-            )
-            if training_args.push_to_hub:
-                url = push_checkpoint(best_model_dir, training_args.hub_model_id, training_args.hub_private_repo)
-                accelerator.print(f"Pushed {best_model_dir} to {url}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
-
-
-def _with_runtime_settings(model, training_args: RecTrainingArguments):
-    """The model with the run's computation settings, which are not part of its config (nor of checkpoints)."""
-    if training_args.attn_implementation is not None:
-        model.set_attn_implementation(training_args.attn_implementation)
-    model.length_group_size = training_args.length_group_size
-    return model
-
-
-def _globally_weighted(loss: torch.Tensor, attention_mask: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
-    """Scale a process's mean loss so that DDP's gradient average equals the gradient of the global mean over all
-    supervised positions of the global batch (processes may hold different numbers of positions)."""
-    if accelerator.num_processes == 1:
-        return loss
-    local = (attention_mask.sum(1) - 1).clamp(min=0).sum().to(accelerator.device).float().reshape(1)
-    total = accelerator.reduce(local.clone(), reduction="sum")
-    return loss * (local * accelerator.num_processes / total.clamp(min=1)).squeeze(0)
-
-
-def _save_best_model(accelerator: Accelerator, model, data: TrainingData, best_model_dir: Path) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        staging = best_model_dir.with_name(best_model_dir.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(staging)
-        data.vocabulary.save(staging)
-        shutil.rmtree(best_model_dir, ignore_errors=True)
-        staging.rename(best_model_dir)
-    accelerator.wait_for_everyone()
-
-
-def _save_training_state(
-    accelerator: Accelerator,
-    config,
-    dataset_signature: dict,
-    state: TrainingState,
-    output_dir: Path,
-    save_total_limit: int,
-) -> None:
-    """Save the full training state atomically: into `epoch_NNNN.tmp`, renamed once every file is written."""
-    checkpoint_dir = output_dir / CHECKPOINTS_DIR / f"epoch_{state.epoch:04d}"
-    staging = checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (staging / "model_config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        (staging / "dataset.json").write_text(json.dumps(dataset_signature, indent=2))
-        (staging / CHECKPOINT_COMPLETE_FILE).write_text(json.dumps(state.state_dict(), indent=2))
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        staging.rename(checkpoint_dir)
-        complete = [folder for folder in sorted(checkpoint_dir.parent.glob("epoch_*")) if folder.suffix != ".tmp"]
-        for old in complete[:-save_total_limit]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
 
 
 def reproducing_command(
