@@ -1,0 +1,20 @@
+"""Serving: the user encoder exported with `torch.export` and to ONNX (`export`), and offline top-k recommendation
+for every user of a histories file, sharded over processes (`batch_prediction`)."""
+
+from .export import (
+    ExportedFiles,
+    UserEncoder,
+    encoder_inputs,
+    export_checkpoint,
+    export_user_encoder,
+    load_item_table,
+)
+
+__all__ = [
+    "ExportedFiles",
+    "UserEncoder",
+    "encoder_inputs",
+    "export_checkpoint",
+    "export_user_encoder",
+    "load_item_table",
+]
