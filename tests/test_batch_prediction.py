@@ -212,3 +212,23 @@ def test_script_names_a_bad_row(checkpoint, tmp_path):
     )
     assert result.returncode != 0
     assert "h.csv, line 3: timestamp '-4' is negative" in result.stderr
+
+
+def test_chunked_top_k_over_the_catalogue_equals_a_full_sort():
+    """The whole-catalogue path of top_k_items (slices of the item table, no id table) in chunks of 3 items."""
+    import torch
+
+    from hf_hstu.modeling.retrieval import top_k_items
+
+    model = tiny_model("hstu").eval()
+    users = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    history = torch.tensor([[1, 2, 3], [30, 0, 0], [7, 7, 8], [0, 0, 0]])
+    with torch.no_grad():
+        table = model.item_table()
+        ids, scores = top_k_items(users, table, model.similarity, 6, history, max_scores_per_chunk=4 * 3)
+        full = users @ table.T
+    full[:, 0] = float("-inf")
+    full.scatter_(1, history, float("-inf"))
+    expected_scores, expected_ids = full.topk(6, dim=1)
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(scores, expected_scores)

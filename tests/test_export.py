@@ -13,7 +13,7 @@ import torch
 from recommender_testing import NUM_ITEMS, right_padded_batch, tiny_model
 
 from hf_hstu.data import ItemVocabulary
-from hf_hstu.serving import UserEncoder, encoder_inputs, export_user_encoder, load_item_table
+from hf_hstu.serving import UserEncoder, encoder_inputs, export_user_encoder, load_export_config, load_item_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAW_IDS = [f"item-{number}" for number in range(NUM_ITEMS)]
@@ -61,7 +61,9 @@ def test_user_encoder_equals_embed_users(model_type, overrides):
     encoder = UserEncoder(model)
     # Lengths 1, max_seq_len (8) and beyond it (truncated by encoder_inputs and by the model alike).
     data = _histories(seed=1, lengths=(3, 1, 8, 12, 5))
-    inputs = encoder_inputs(encoder, data["histories"], data["timestamps"], data["request_times"], data["ratings"])
+    inputs = encoder_inputs(
+        encoder.input_names, 8, data["histories"], data["timestamps"], data["request_times"], data["ratings"]
+    )
     assert list(inputs) == list(encoder.input_names)
     assert inputs["lengths"].tolist() == [3, 1, 8, 8, 5]
     with torch.no_grad():
@@ -73,11 +75,11 @@ def test_encoder_inputs_name_what_is_missing():
     encoder = UserEncoder(tiny_model("hstu"))
     assert encoder.input_names == ("input_ids", "lengths", "timestamps", "target_timestamps")
     with pytest.raises(ValueError, match="target_timestamps is required"):
-        encoder_inputs(encoder, [[1, 2]], [[10, 20]])
+        encoder_inputs(encoder.input_names, 8, [[1, 2]], [[10, 20]])
     with pytest.raises(ValueError, match=r"timestamps\[0\] has 1 values but history 0 has 2"):
-        encoder_inputs(encoder, [[1, 2]], [[10]], [30])
+        encoder_inputs(encoder.input_names, 8, [[1, 2]], [[10]], [30])
     with pytest.raises(ValueError, match="every history needs at least one item"):
-        encoder_inputs(encoder, [[1], []], [[1], []], [3, 3])
+        encoder_inputs(encoder.input_names, 8, [[1], []], [[1], []], [3, 3])
 
 
 def test_mixture_of_logits_is_not_exported(tmp_path):
@@ -113,7 +115,7 @@ def test_onnx_round_trip_matches_pytorch_scores(exported):
     onnxruntime = pytest.importorskip("onnxruntime")
     model, folder, printed = exported
     assert printed["onnx"] == str(folder / "user_encoder.onnx")
-    config = json.loads((folder / "export_config.json").read_text())
+    config = load_export_config(folder)
     assert config["inputs"] == ["input_ids", "lengths", "timestamps", "target_timestamps"]
     assert ItemVocabulary.load(folder).raw_ids == RAW_IDS
     item_table = load_item_table(folder)
@@ -121,11 +123,12 @@ def test_onnx_round_trip_matches_pytorch_scores(exported):
 
     session = onnxruntime.InferenceSession(str(folder / "user_encoder.onnx"), providers=["CPUExecutionProvider"])
     assert [node.name for node in session.get_inputs()] == config["inputs"]
-    encoder = UserEncoder(model)
     # Other batch sizes and lengths than the traced (2 histories of 3 and 2 events): 1 and max_seq_len included.
     for seed, lengths in ((2, (1,)), (3, (8, 2, 5, 1, 7, 3, 11)), (4, (4, 4, 4))):
         data = _histories(seed, lengths)
-        inputs = encoder_inputs(encoder, data["histories"], data["timestamps"], data["request_times"])
+        inputs = encoder_inputs(
+            config["inputs"], config["max_seq_len"], data["histories"], data["timestamps"], data["request_times"]
+        )
         (embeddings,) = session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
         scores = (torch.from_numpy(embeddings) @ item_table.T)[:, 1:]
         expected = _scores(model, data)
@@ -147,9 +150,9 @@ def _recommend_inputs(data) -> dict[str, torch.Tensor]:
 def test_torch_export_program_is_dynamic(exported):
     model, folder, _ = exported
     program = torch.export.load(folder / "user_encoder.pt2").module()
-    encoder = UserEncoder(model)
+    encoder = UserEncoder(model)  # its input names are the exported ones
     for seed, lengths in ((5, (6, 1, 8, 2, 3)), (6, (1,))):
         data = _histories(seed, lengths)
-        inputs = encoder_inputs(encoder, data["histories"], data["timestamps"], data["request_times"])
+        inputs = encoder_inputs(encoder.input_names, 8, data["histories"], data["timestamps"], data["request_times"])
         scores = (program(**inputs) @ load_item_table(folder).T)[:, 1:]
         torch.testing.assert_close(scores, _scores(model, data), rtol=0, atol=1e-4)

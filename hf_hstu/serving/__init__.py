@@ -7,6 +7,7 @@ from .export import (
     encoder_inputs,
     export_checkpoint,
     export_user_encoder,
+    load_export_config,
     load_item_table,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "encoder_inputs",
     "export_checkpoint",
     "export_user_encoder",
+    "load_export_config",
     "load_item_table",
 ]

@@ -75,7 +75,7 @@ class BatchPredictionArguments:
     )
     filter_seen: bool = field(default=True, metadata={"help": "Never recommend an item of the user's history."})
     index: str = field(default="exact", metadata={"help": "exact (chunked exact top-k) or faiss (approximate)."})
-    nlist: int | None = field(default=None, metadata={"help": "faiss: inverted lists (default 4 sqrt(items))."})
+    nlist: int | None = field(default=None, metadata={"help": "faiss: inverted lists (default sqrt(items))."})
     nprobe: int = field(default=32, metadata={"help": "faiss: lists searched per user."})
     summary: str | None = field(default=None, metadata={"help": "Summary JSON (default: <output stem>.summary.json)."})
     revision: str | None = field(default=None)
@@ -235,7 +235,7 @@ class ApproximateIndex:
             raise ImportError("index='faiss' needs faiss: pip install faiss-cpu (or hf_hstu[faiss]).") from error
         vectors = np.ascontiguousarray(item_table[1:].detach().float().cpu().numpy())  # row 0 is padding
         num_items, dim = vectors.shape
-        self.nlist = nlist or max(1, min(int(4 * math.sqrt(num_items)), num_items // 39))
+        self.nlist = nlist or max(1, min(int(math.sqrt(num_items)), num_items // 39))
         self.nprobe = min(nprobe, self.nlist)
         quantizer = faiss.IndexFlatIP(dim)
         self.index = faiss.IndexIVFFlat(quantizer, dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
@@ -294,14 +294,16 @@ def predict_shard(
     returns counts for the summary."""
     device = model.item_embeddings.weight.device
     item_table = model.item_table()
-    index = None
+    index, build_seconds = None, 0.0
     if args.index == "faiss":
         if model.config.similarity != "dot":
             raise ValueError(f"index='faiss' searches inner products: not for similarity={model.config.similarity!r}.")
+        start = time.perf_counter()
         index = ApproximateIndex(item_table, args.nlist, args.nprobe)
+        build_seconds = time.perf_counter() - start
         del item_table
     schema = _output_schema(histories, vocabulary)
-    written, short_users = 0, 0
+    written, short_users, encode_seconds, top_k_seconds = 0, 0, 0.0, 0.0
     batches = PhaseProgress(
         _batches(rows, args.batch_size), desc="recommend", disable=not show_progress
     )  # a bar on a terminal, one line in logs
@@ -313,13 +315,17 @@ def predict_shard(
             if histories.ratings is not None and model.requires_ratings:
                 ratings = _padded(histories.ratings, histories.offsets, batch_rows).to(device)
             targets = None if request_times is None else torch.from_numpy(request_times[batch_rows]).to(device)
+            start = time.perf_counter()
             embeddings = model.embed_users(input_ids, input_ids != 0, timestamps, targets, ratings)
+            encode_seconds += time.perf_counter() - start
+            start = time.perf_counter()
             exclude = input_ids if args.filter_seen else None
             if index is None:
                 item_ids, scores = top_k_items(embeddings, item_table, model.similarity, args.k, exclude)
                 per_user = list(zip(item_ids.cpu().numpy(), scores.float().cpu().numpy(), strict=True))
             else:
                 per_user = index.search(embeddings, args.k, None if exclude is None else exclude.cpu())
+            top_k_seconds += time.perf_counter() - start
             counts = np.array([len(ids) for ids, _ in per_user])
             short_users += int((counts < args.k).sum())
             if counts.sum() == 0:
@@ -338,7 +344,13 @@ def predict_shard(
             writer.write_table(table)
             written += table.num_rows
     batches.close()
-    return {"recommendations": written, "users_with_fewer_than_k": short_users}
+    return {
+        "recommendations": written,
+        "users_with_fewer_than_k": short_users,
+        "encode_seconds": round(encode_seconds, 2),
+        "top_k_seconds": round(top_k_seconds, 2),
+        "index_build_seconds": round(build_seconds, 2),
+    }
 
 
 def _request_times(
@@ -464,6 +476,9 @@ def recommend_file(args: BatchPredictionArguments) -> dict:
             "users_recommended": int((histories.lengths > 0).sum()),
             "recommendations": sum(total["recommendations"] for total in totals),
             "users_with_fewer_than_k": sum(total["users_with_fewer_than_k"] for total in totals),
+            "encode_seconds": [total["encode_seconds"] for total in totals],  # per process
+            "top_k_seconds": [total["top_k_seconds"] for total in totals],
+            "index_build_seconds": [total["index_build_seconds"] for total in totals],
             "request_time": args.request_time,
             "num_processes": state.num_processes,
             "seconds": round(time.perf_counter() - start, 3),

@@ -5,7 +5,7 @@ gaps, id ranges, left or right padding, truncation to `max_seq_len`): fine in ea
 :class:`UserEncoder` is the traceable path: right-padded histories of at most `max_seq_len` events and their lengths,
 through the model's own pieces (`_encode_events`: item embeddings, input preprocessor, `encode`, output
 postprocessor), to the embedding of each history's last event. :func:`encoder_inputs` prepares such inputs on the
-host (truncation included), and :func:`export_user_encoder` writes, into one folder:
+host from lists of item ids (truncation included), and :func:`export_user_encoder` writes, into one folder:
 
 - ``user_encoder.pt2``: the `torch.export` program (`torch.export.load(...).module()(**inputs)`), dynamic in batch
   size and history length;
@@ -107,38 +107,44 @@ class UserEncoder(nn.Module):
 
 
 def encoder_inputs(
-    encoder: UserEncoder,
+    input_names: Sequence[str],
+    max_seq_len: int,
     histories: Sequence[Sequence[int]],
     timestamps: Sequence[Sequence[int]] | None = None,
     request_times: Sequence[int] | None = None,
     ratings: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The keyword inputs of `encoder` (and of the exported files) for histories of item ids 1..num_items, each
-    truncated to its most recent `max_seq_len` events; only the inputs named in `encoder.input_names`."""
-    max_len = encoder.model.config.max_seq_len
+    """The keyword inputs of an encoder with these `input_names` (`UserEncoder.input_names`, or the "inputs" of
+    ``export_config.json``) for histories of item ids 1..num_items, each cut to its most recent `max_seq_len` events.
+    """
     if not histories or any(len(history) == 0 for history in histories):
         raise ValueError("every history needs at least one item.")
     given = {"input_ids": histories, "timestamps": timestamps, "target_timestamps": request_times, "ratings": ratings}
-    for name in encoder.input_names[2:]:
+    for name in input_names[2:]:
         if given[name] is None:
-            raise ValueError(f"{name} is required by this model's encoder (inputs: {list(encoder.input_names)}).")
+            raise ValueError(f"{name} is required by this model's encoder (inputs: {list(input_names)}).")
         if len(given[name]) != len(histories):
             raise ValueError(f"{name} has {len(given[name])} rows but there are {len(histories)} histories.")
-    lengths = torch.tensor([min(len(history), max_len) for history in histories])
+    lengths = torch.tensor([min(len(history), max_seq_len) for history in histories])
     inputs = {"lengths": lengths}
     for name in ("input_ids", "timestamps", "ratings"):
-        if name not in encoder.input_names:
+        if name not in input_names:
             continue
         padded = torch.zeros(len(histories), int(lengths.max()), dtype=torch.long)
         for row, values in enumerate(given[name]):
             if len(values) != len(histories[row]):
                 raise ValueError(f"{name}[{row}] has {len(values)} values but history {row} has {len(histories[row])}.")
-            kept = list(values)[-max_len:]
+            kept = list(values)[-max_seq_len:]
             padded[row, : len(kept)] = torch.tensor(kept, dtype=torch.long)
         inputs[name] = padded
-    if "target_timestamps" in encoder.input_names:
+    if "target_timestamps" in input_names:
         inputs["target_timestamps"] = torch.tensor([int(time) for time in request_times], dtype=torch.long)
-    return {name: inputs[name] for name in encoder.input_names}
+    return {name: inputs[name] for name in input_names}
+
+
+def load_export_config(folder: str | os.PathLike) -> dict:
+    """The ``export_config.json`` of an export folder (its "inputs" and "max_seq_len" feed `encoder_inputs`)."""
+    return json.loads((Path(folder) / EXPORT_CONFIG_FILE).read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -160,7 +166,7 @@ def _example_inputs(encoder: UserEncoder) -> dict[str, torch.Tensor]:
     histories = [[1 + (row + i) % config.num_items for i in range(n)] for row, n in enumerate(lengths)]
     times = [[1_700_000_000 + 60 * i for i in range(n)] for n in lengths]
     ratings = [[1 + i % config.num_ratings for i in range(n)] for n in lengths]
-    inputs = encoder_inputs(encoder, histories, times, [1_700_100_000] * 2, ratings)
+    inputs = encoder_inputs(encoder.input_names, config.max_seq_len, histories, times, [1_700_100_000] * 2, ratings)
     device = encoder.model.item_embeddings.weight.device
     return {name: tensor.to(device) for name, tensor in inputs.items()}
 
