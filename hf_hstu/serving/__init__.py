@@ -1,6 +1,7 @@
 """Serving: the user encoder exported with `torch.export` and to ONNX (`export`), and offline top-k recommendation
 for every user of a histories file, sharded over processes (`batch_prediction`)."""
 
+from .batch_prediction import BatchPredictionArguments, read_histories, recommend_file
 from .export import (
     ExportedFiles,
     UserEncoder,
@@ -12,6 +13,7 @@ from .export import (
 )
 
 __all__ = [
+    "BatchPredictionArguments",
     "ExportedFiles",
     "UserEncoder",
     "encoder_inputs",
@@ -19,4 +21,6 @@ __all__ = [
     "export_user_encoder",
     "load_export_config",
     "load_item_table",
+    "read_histories",
+    "recommend_file",
 ]
