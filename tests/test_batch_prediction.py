@@ -232,3 +232,17 @@ def test_chunked_top_k_over_the_catalogue_equals_a_full_sort():
     expected_scores, expected_ids = full.topk(6, dim=1)
     assert torch.equal(ids, expected_ids)
     torch.testing.assert_close(scores, expected_scores)
+
+
+def test_integer_ids_and_a_model_without_time_bias(tmp_path):
+    """SASRec needs no request time; integer raw ids stay integers in the output."""
+    model = tiny_model("sasrec").eval()
+    model.save_pretrained(tmp_path / "model")
+    ItemVocabulary(list(range(100, 100 + NUM_ITEMS))).save(tmp_path / "model")
+    rows = [(7, 103, 1), (9, 110, 5), (7, 104, 2), (9, 999, 6)]
+    summary = recommend_file(_arguments(tmp_path / "model", _write(tmp_path, rows), tmp_path, request_time=None))
+    assert summary["unknown_items_per_user"] == {"9": 1} and summary["unknown_item_id_examples"] == [999]
+    recs = pd.read_parquet(tmp_path / "recs.parquet")
+    assert recs["user"].dtype == "int64" and recs["item"].dtype == "int64"
+    expected = Recommender.from_pretrained(tmp_path / "model").recommend([[103, 104], [110]], k=4)
+    assert recs["item"].tolist() == [item for row in expected for item, _ in row]
