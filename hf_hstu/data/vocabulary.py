@@ -57,17 +57,22 @@ class Vocabulary:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={len(self)}, id_type={self.id_type!r})"
 
+    def lookup(self, raw_ids: Iterable[RawId] | np.ndarray) -> np.ndarray:
+        """Indices (int64) of ``raw_ids``: 1..len for known ids, 0 (the padding index) for unknown ones."""
+        values = raw_ids if isinstance(raw_ids, np.ndarray) else list(raw_ids)
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return self._index.get_indexer(pd.Index(values)).astype(np.int64) + 1
+
     def encode(self, raw_ids: Iterable[RawId] | RawId) -> np.ndarray:
         """Indices (int64, 1..len) of ``raw_ids``; an unknown raw id raises a KeyError naming it."""
         values = [raw_ids] if isinstance(raw_ids, (int, str, np.integer)) else list(raw_ids)
-        if not values:
-            return np.zeros(0, dtype=np.int64)
-        positions = self._index.get_indexer(pd.Index(values))
-        unknown = positions < 0
+        indices = self.lookup(values)
+        unknown = indices == 0
         if unknown.any():
             missing = [values[i] for i in np.flatnonzero(unknown)[:5]]
             raise KeyError(f"{self.kind} ids not in the {type(self).__name__} ({self.id_type} ids): {missing}")
-        return positions.astype(np.int64) + 1
+        return indices
 
     def decode(self, indices: Iterable[int] | np.ndarray) -> list[RawId]:
         """Raw ids of ``indices`` (1..len); 0 (padding) or an index out of range raises a ValueError."""

@@ -154,7 +154,10 @@ def next_event_timestamps(
 ) -> torch.Tensor:
     """(B, T) time of the event each position predicts: the next position's time, and for the last real position
     the request time `target_timestamps` (B,) when given, else its own time."""
-    shifted = torch.cat([timestamps[:, 1:], timestamps[:, -1:]], dim=1)
+    width = timestamps.shape[1]
+    # A gather rather than a (B, T - 1) slice and a cat: the slice makes torch.export specialise on T (export.py).
+    next_positions = torch.arange(1, width + 1, device=timestamps.device).clamp(max=width - 1)
+    shifted = timestamps.gather(1, next_positions.expand_as(timestamps))
     last = (lengths - 1).unsqueeze(1)
     last_time = target_timestamps.unsqueeze(1) if target_timestamps is not None else timestamps.gather(1, last)
     return shifted.scatter(1, last, last_time)
