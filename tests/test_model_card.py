@@ -94,8 +94,17 @@ def test_bad_card_inputs_are_named():
         _card(metrics={"hr@10": float("nan")})
     with pytest.raises(ValueError, match="metric 'ndcg@10' must be a number in"):
         _card(metrics={"ndcg@10": 17.2})  # a percentage
+    with pytest.raises(ValueError, match="metric 'novelty@10' must be a finite number >= 0"):
+        _card(metrics={"novelty@10": float("inf")})
+    with pytest.raises(ValueError, match="metric 'arp@10' must be a finite number >= 0"):
+        _card(metrics={"arp@10": -3.0})
     with pytest.raises(ValueError, match="training time"):
         _card(training_time_s=-1.0)
+
+
+def test_popularity_and_novelty_are_not_shares():
+    card = _card(metrics=METRICS | {"arp@10": 412.5, "novelty@10": 7.25, "coverage@10": 0.31})
+    assert [r.metric_value for r in card.data.eval_results][-3:] == [412.5, 7.25, 0.31]
 
 
 def test_format_duration():

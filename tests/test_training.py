@@ -89,6 +89,10 @@ def test_train_saves_a_best_model_that_reloads_and_recommends(tmp_path, tiny_dat
     assert saved["best_epoch"] == result.best_epoch and len(saved["history"]) == 3
     assert set(result.test_metrics) >= {"hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr"}
     assert 0.0 <= result.test_metrics["ndcg@10"] <= result.test_metrics["hr@10"] <= 1.0
+    # The test split gets the beyond-accuracy metrics (popularity from the train split); validation only accuracy.
+    assert {"coverage@10", "arp@10", "novelty@10", "serendipity@10"} <= set(result.test_metrics)
+    assert result.test_metrics["arp@10"] > 1.0 and result.test_metrics["novelty@10"] > 0.0
+    assert not any(key.startswith("validation/arp") for record in saved["history"] for key in record)
     best = output / "best_model"
     assert {"model.safetensors", "config.json", "item_vocabulary.json", "README.md", "modeling_hstu.py"} <= {
         path.name for path in best.iterdir()
@@ -244,3 +248,21 @@ def test_mixed_precision_follows_the_launcher_unless_given(tmp_path, tiny_datase
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert seen == ["bf16", "no"]
+
+
+def test_summary_tables_accuracy_and_lists_the_test_splits_beyond_accuracy_metrics():
+    result = loop.TrainingResult(
+        output_dir="out",
+        best_model_dir="out/best_model",
+        best_epoch=2,
+        validation_metrics={"hr@10": 0.5, "ndcg@10": 0.25},
+        test_metrics={"hr@10": 0.4, "ndcg@10": 0.2, "coverage@10": 0.125, "arp@10": 31.5},
+        train_seconds=12.0,
+        num_processes=1,
+        history=[],
+    )
+    lines = loop.format_summary(result, "ndcg@10").splitlines()
+    assert lines[1].split() == ["split", "hr@10", "ndcg@10"]
+    assert lines[2].split() == ["validation", "0.5000", "0.2500"]
+    assert lines[3].split() == ["test", "0.4000", "0.2000"]
+    assert lines[4] == "test beyond accuracy: coverage@10=0.1250, arp@10=31.5000"

@@ -110,8 +110,7 @@ def evaluate_checkpoint(
             f"{model_name_or_path} ranks {model.config.num_items} items but {dataset} has "
             f"{data.vocabulary.num_items}: the checkpoint was not trained on this dataset."
         )
-    popularity = ItemPopularity.from_sequences(data.splits["train"]["item_ids"], data.vocabulary.num_items)
     loader = DataLoader(data.splits[split], batch_size=batch_size, collate_fn=data.collator)
     return evaluate_ranking(
-        model, loader, k_values=k_values, progress=split, item_popularity=popularity, metrics=metrics
+        model, loader, k_values=k_values, progress=split, item_popularity=data.item_popularity(), metrics=metrics
     )

@@ -32,11 +32,23 @@ ARCHITECTURES = {
 }
 
 
+# Metrics that are not shares: average recommendation popularity (training events) and novelty (bits).
+_UNBOUNDED_METRICS = ("arp@", "novelty@")
+
+
 def _check_metrics(kind: str, metrics: Mapping[str, float]) -> dict[str, float]:
-    """The metrics as floats, after checking each is a number in [0, 1] (a NaN or a percentage is a bug upstream)."""
+    """The metrics as floats, after checking each is a number in [0, 1], or a finite number >= 0 for ARP and novelty
+    (a NaN or a percentage is a bug upstream)."""
     for name, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{kind} {name!r} must be a number in [0, 1], got {value!r}")
+        upper = math.inf if name.startswith(_UNBOUNDED_METRICS) else 1.0
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0.0 <= value <= upper
+            or value == math.inf
+        ):
+            bounds = "a finite number >= 0" if upper == math.inf else "a number in [0, 1]"
+            raise ValueError(f"{kind} {name!r} must be {bounds}, got {value!r}")
     return {name: float(value) for name, value in metrics.items()}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from ..evaluation.ranking_metrics import ACCURACY_METRICS
 from .objective import NEGATIVES_FROM
 
 STRATEGIES = ("no", "steps", "epoch")  # as transformers' TrainingArguments name them
@@ -183,7 +184,7 @@ class RecTrainingArguments:
         default=10.0,
         metadata={"help": "Stop when a step's loss exceeds this many times its running mean (NaN or inf always stop)."},
     )
-    top_k: str = field(default="10,50,200", metadata={"help": "Cut-offs of HR and NDCG."})
+    top_k: str = field(default="10,50,100,200", metadata={"help": "Cut-offs K of the metrics (HR@K, NDCG@K, ...)."})
     save_total_limit: int = field(default=2, metadata={"help": "Full training states kept."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder of a previous run, or 'latest' in output_dir."}
@@ -213,6 +214,12 @@ class RecTrainingArguments:
             raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}.")
         if self.divergence_factor is not None and self.divergence_factor <= 1.0:
             raise ValueError(f"divergence_factor must be > 1 (or unset), got {self.divergence_factor}.")
+        validation_metrics = {"mrr"} | {f"{name}@{k}" for name in ACCURACY_METRICS for k in self.k_values}
+        if self.metric_for_best_model not in validation_metrics:
+            raise ValueError(
+                f"metric_for_best_model must be one of the validation metrics {sorted(validation_metrics)}, got "
+                f"{self.metric_for_best_model!r}."
+            )
 
     @property
     def k_values(self) -> tuple[int, ...]:

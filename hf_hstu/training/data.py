@@ -16,6 +16,7 @@ from ..data import (
     load_sequences,
     preprocess,
 )
+from ..evaluation.beyond_accuracy import ItemPopularity
 from ..hub.model_card import LEAVE_ONE_OUT_PROTOCOL, dataset_display_name
 from .arguments import DataArguments
 
@@ -42,6 +43,10 @@ class TrainingData:
     collator: SequenceCollator
     metadata: dict
     reference: str = ""  # how a command names the dataset: its Hub id, its name, or data/<name> for a local folder
+
+    def item_popularity(self) -> ItemPopularity:
+        """Training popularity of each item (the train split's events and users), for ARP, novelty, serendipity."""
+        return ItemPopularity.from_sequences(self.splits["train"]["item_ids"], self.vocabulary.num_items)
 
     @property
     def protocol_text(self) -> str:

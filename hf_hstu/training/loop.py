@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from ..data import SequenceCollator
+from ..evaluation import ACCURACY_METRICS, LIST_METRICS
 from ..evaluation.ranking import evaluate_ranking
 from ..hub.dataset_card import preprocessing_command
 from ..hub.model_card import dataset_metadata_id
@@ -313,7 +314,12 @@ def _evaluate(run: _Run) -> bool:
         _save_best_model(run)
         return False
     metrics = evaluate_ranking(
-        run.model, run.eval_loaders["validation"], accelerator, args.k_values, progress="validation"
+        run.model,
+        run.eval_loaders["validation"],
+        accelerator,
+        args.k_values,
+        progress="validation",
+        metrics=ACCURACY_METRICS,  # the lists of the beyond-accuracy metrics are for the test split
     )
     run.model.train()
     record = {"epoch": epoch, "step": state.global_step, **{f"validation/{k}": v for k, v in metrics.items()}}
@@ -461,7 +467,12 @@ def _finish(run: _Run, train_seconds: float) -> TrainingResult:
         best_model = MODEL_CLASSES[run.model_args.model_type][1].from_pretrained(best_model_dir)
         best_model = _with_runtime_settings(best_model, args).to(accelerator.device)
         test_metrics = evaluate_ranking(
-            best_model, run.eval_loaders["test"], accelerator, args.k_values, progress="test"
+            best_model,
+            run.eval_loaders["test"],
+            accelerator,
+            args.k_values,
+            progress="test",
+            item_popularity=run.data.item_popularity(),
         )
     best_record = next((r for r in run.state.history if r["step"] == stopping.best_step), None)
     validation_metrics = None
@@ -708,13 +719,21 @@ def _flat_arguments(*argument_objects) -> dict:
 
 
 def format_summary(result: TrainingResult, metric_for_best_model: str) -> str:
-    """A plain-text table of the best validation and the test metrics."""
-    rows = [("split", *(result.test_metrics or result.validation_metrics or {}))]
+    """A plain-text table of the best validation and the test accuracy metrics, then the test split's
+    beyond-accuracy metrics (validation computes accuracy only)."""
+    test_metrics = result.test_metrics or {}
+    accuracy = [
+        name for name in test_metrics or result.validation_metrics or {} if name.split("@")[0] not in LIST_METRICS
+    ]
+    rows = [("split", *accuracy)]
     for split, metrics in (("validation", result.validation_metrics), ("test", result.test_metrics)):
         if metrics:
-            rows.append((split, *(f"{metrics[name]:.4f}" for name in rows[0][1:])))
+            rows.append((split, *(f"{metrics[name]:.4f}" for name in accuracy)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    beyond_accuracy = [f"{name}={value:.4f}" for name, value in test_metrics.items() if name not in accuracy]
+    if beyond_accuracy:
+        lines.append("test beyond accuracy: " + ", ".join(beyond_accuracy))
     header = (
         f"Best model: epoch {result.best_epoch} by validation {metric_for_best_model}; "
         f"{result.train_seconds:.1f} s of training on {result.num_processes} process(es); "
