@@ -79,7 +79,7 @@ class CachedBlock:
         offsets = torch.arange(block_width, device=device)
         mask = offsets < (num_tokens - start_tokens).unsqueeze(1)
         positions = (start_tokens.unsqueeze(1) + offsets).clamp(max=width - 1)
-        relative_positions = (torch.arange(capacity - 1, capacity - 1 + width, device=device) - positions.unsqueeze(2))
+        relative_positions = torch.arange(capacity - 1, capacity - 1 + width, device=device) - positions.unsqueeze(2)
         relative_positions = relative_positions.unsqueeze(1)  # (B, 1, P, width)
         masked_out = relative_positions > capacity - 1  # keys after the query
         rows, cols = torch.nonzero(mask, as_tuple=True)
@@ -134,8 +134,9 @@ class CachedHSTUAttentionContext(HSTUAttentionContext):
 
 
 class RecommenderCacheLayer(CacheLayerMixin):
-    """Keys and values (B, H, T, d) of one layer at each token position of the window. T grows by doubling, up to the
-    largest window: appending rarely copies them."""
+    """Keys and values (B, H, T, d) of one layer at each token position of the window. When a window outgrows T, T
+    becomes twice that window (at most the largest window): appending rarely copies them, and a window encoded once
+    (a history of n events) takes its next events without a copy."""
 
     is_compileable = False
     is_croppable = False
@@ -154,7 +155,7 @@ class RecommenderCacheLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states, block.cache_rows)
         if self.keys.shape[2] < block.width:
-            grow = max(block.width, min(2 * self.keys.shape[2], block.capacity)) - self.keys.shape[2]
+            grow = min(2 * block.width, block.capacity) - self.keys.shape[2]  # windows never pass capacity
             self.keys = F.pad(self.keys, (0, 0, 0, grow))
             self.values = F.pad(self.values, (0, 0, 0, grow))
         self.keys[block.cache_row_index, :, block.write_positions] = key_states[block.rows, :, block.cols]

@@ -368,14 +368,18 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         timestamps = to_right_padding(timestamps)
         if labels is not None:
             labels = F.pad(to_right_padding(labels)[:, 1:], (0, 1))  # position i predicts the event at i + 1
-        encoded = kept.clamp(max=self.config.max_seq_len)
-        label_only = kept > encoded  # rows whose most recent kept event is only a label
-        if label_only.any():
-            label_times = timestamps.gather(1, (kept - 1).unsqueeze(1)).squeeze(1)  # own last time where not
-            target_timestamps = (
-                label_times if target_timestamps is None else torch.where(label_only, label_times, target_timestamps)
-            )
-        width = int(encoded.max())
+        encoded, width = kept, offsets.shape[0]
+        if window > self.config.max_seq_len:  # training with one more event, which only a label may be
+            encoded = kept.clamp(max=self.config.max_seq_len)
+            label_only = kept > encoded  # rows whose most recent kept event is only a label
+            if label_only.any():
+                label_times = timestamps.gather(1, (kept - 1).unsqueeze(1)).squeeze(1)  # own last time where not
+                target_timestamps = (
+                    label_times
+                    if target_timestamps is None
+                    else torch.where(label_only, label_times, target_timestamps)
+                )
+            width = int(encoded.max())
 
         def encoded_part(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor[:, :width]
