@@ -196,6 +196,28 @@ def test_cache_rows_can_be_selected():
     torch.testing.assert_close(cached.user_embeddings, full.user_embeddings[rows], atol=1e-5, rtol=0)
 
 
+def test_an_encoded_window_takes_its_next_events_without_copying_the_keys():
+    """Keys and values are allocated for twice the encoded window (at most max_tokens): the events that follow a
+    prefill of 3 events are written in place, up to the full window of 8, and the results still equal a full
+    recompute."""
+    model = tiny_model("hstu", seed=0).eval()
+    batch = right_padded_batch(seed=1, lengths=(8, 8))
+    lengths = batch["attention_mask"].sum(1)
+    prefix = torch.full_like(lengths, 3)
+    cache = model(**events(batch, torch.zeros_like(lengths), prefix), use_cache=True).cache
+    keys = cache.layers[0].keys
+    assert keys.shape[2] == 6
+    for stop in range(4, 7):
+        stop = torch.full_like(lengths, stop)
+        target = request_times(batch, stop)
+        cached = model(**events(batch, stop - 1, stop), target_timestamps=target, cache=cache)
+        full = model(**events(batch, torch.zeros_like(lengths), stop), target_timestamps=target)
+        torch.testing.assert_close(cached.user_embeddings, full.user_embeddings, atol=1e-5, rtol=0)
+        assert cache.layers[0].keys.data_ptr() == keys.data_ptr()
+    model(**events(batch, stop, stop + 1), target_timestamps=target + 1000, cache=cache)
+    assert cache.layers[0].keys.shape[2] == model.config.max_tokens == 8
+
+
 def test_misuse_is_a_clear_error():
     model = tiny_model("hstu", seed=0)
     batch = right_padded_batch(seed=0, lengths=(4, 2))

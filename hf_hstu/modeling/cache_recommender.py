@@ -41,10 +41,11 @@ class CachedBlock:
 
     Rows are right-padded: `positions` (B, P) is the window position of each computed token (clamped into the
     window at padding), `mask` (B, P) marks real ones, `masked_out` (B, 1, P, width) the keys each token does not
-    attend to (later positions), and (`rows`, `cols`) index the real tokens, whose keys and values the layers write
-    into the cache at `positions[rows, cols]`. Windows never exceed `capacity` tokens (the model's `max_tokens`).
-    `batch_rows` (B,) are the cache rows of the block's rows when the block holds some of the cache's `cache_rows`
-    (None: all, in order).
+    attend to (later positions) and `relative_positions` (B, 1, P, width) the index ``capacity - 1 + j - i`` of each
+    (query i, key j) pair into the position bias table, the same for every layer. (`rows`, `cols`) index the real
+    tokens, whose keys and values the layers write into the cache at rows `cache_row_index` and window positions
+    `write_positions`. Windows never exceed `capacity` tokens (the model's `max_tokens`). `batch_rows` (B,) are the
+    cache rows of the block's rows when the block holds some of the cache's `cache_rows` (None: all, in order).
     """
 
     positions: torch.Tensor
@@ -52,8 +53,11 @@ class CachedBlock:
     width: int
     capacity: int
     masked_out: torch.Tensor
+    relative_positions: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
+    cache_row_index: torch.Tensor
+    write_positions: torch.Tensor
     cache_rows: int
     batch_rows: torch.Tensor | None = None
 
@@ -62,22 +66,38 @@ class CachedBlock:
         cls,
         start_tokens: torch.Tensor,
         num_tokens: torch.Tensor,
+        block_width: int,
+        width: int,
         capacity: int,
         cache_rows: int,
         batch_rows: torch.Tensor | None = None,
     ) -> CachedBlock:
         """The block of tokens `start_tokens[b] .. num_tokens[b] - 1` of each row of a window of at most `capacity`
-        tokens."""
+        tokens; `block_width` and `width` are the largest of `num_tokens - start_tokens` and of `num_tokens` (known to
+        the caller: no host sync here)."""
         device = num_tokens.device
-        block_tokens = num_tokens - start_tokens
-        offsets = torch.arange(int(block_tokens.max()), device=device)
-        width = int(num_tokens.max())
-        mask = offsets < block_tokens.unsqueeze(1)
+        offsets = torch.arange(block_width, device=device)
+        mask = offsets < (num_tokens - start_tokens).unsqueeze(1)
         positions = (start_tokens.unsqueeze(1) + offsets).clamp(max=width - 1)
-        key_positions = torch.arange(width, device=device)
-        masked_out = (key_positions.view(1, 1, width) > positions.unsqueeze(2)).unsqueeze(1)
+        relative_positions = torch.arange(capacity - 1, capacity - 1 + width, device=device) - positions.unsqueeze(2)
+        relative_positions = relative_positions.unsqueeze(1)  # (B, 1, P, width)
+        masked_out = relative_positions > capacity - 1  # keys after the query
         rows, cols = torch.nonzero(mask, as_tuple=True)
-        return cls(positions, mask, width, capacity, masked_out, rows, cols, cache_rows, batch_rows)
+        cache_row_index = rows if batch_rows is None else batch_rows[rows]
+        return cls(
+            positions,
+            mask,
+            width,
+            capacity,
+            masked_out,
+            relative_positions,
+            rows,
+            cols,
+            cache_row_index,
+            positions[rows, cols],
+            cache_rows,
+            batch_rows,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,15 +130,13 @@ class CachedHSTUAttentionContext(HSTUAttentionContext):
 
     def position_bias(self, position_weights: torch.Tensor, seq_len: int) -> torch.Tensor:
         """(B, 1, P, T) ``w_p[N_max - 1 + j - i]`` for block query positions i and window key positions j."""
-        max_len = (position_weights.shape[0] + 1) // 2
-        key_positions = torch.arange(seq_len, device=position_weights.device)
-        index = max_len - 1 + key_positions.view(1, 1, seq_len) - self.block.positions.unsqueeze(2)
-        return position_weights[index].unsqueeze(1)
+        return position_weights[self.block.relative_positions]
 
 
 class RecommenderCacheLayer(CacheLayerMixin):
-    """Keys and values (B, H, T, d) of one layer at each token position of the window. T grows by doubling, up to the
-    largest window: appending rarely copies them."""
+    """Keys and values (B, H, T, d) of one layer at each token position of the window. When a window outgrows T, T
+    becomes twice that window (at most the largest window): appending rarely copies them, and a window encoded once
+    (a history of n events) takes its next events without a copy."""
 
     is_compileable = False
     is_croppable = False
@@ -137,13 +155,11 @@ class RecommenderCacheLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states, block.cache_rows)
         if self.keys.shape[2] < block.width:
-            grow = max(block.width, min(2 * self.keys.shape[2], block.capacity)) - self.keys.shape[2]
+            grow = min(2 * block.width, block.capacity) - self.keys.shape[2]  # windows never pass capacity
             self.keys = F.pad(self.keys, (0, 0, 0, grow))
             self.values = F.pad(self.values, (0, 0, 0, grow))
-        positions = block.positions[block.rows, block.cols]
-        cache_rows = block.rows if block.batch_rows is None else block.batch_rows[block.rows]
-        self.keys[cache_rows, :, positions] = key_states[block.rows, :, block.cols]
-        self.values[cache_rows, :, positions] = value_states[block.rows, :, block.cols]
+        self.keys[block.cache_row_index, :, block.write_positions] = key_states[block.rows, :, block.cols]
+        self.values[block.cache_row_index, :, block.write_positions] = value_states[block.rows, :, block.cols]
         if block.batch_rows is None:
             return self.keys[:, :, : block.width], self.values[:, :, : block.width]
         return self.keys[block.batch_rows, :, : block.width], self.values[block.batch_rows, :, : block.width]
@@ -191,18 +207,6 @@ class CacheStep:
             self.start[rows],
             self.slid[rows],
         )
-
-
-def _append_rows(old: torch.Tensor, old_lengths: torch.Tensor, new: torch.Tensor, new_lengths: torch.Tensor):
-    """Row b: its `old_lengths[b]` old entries then its `new_lengths[b]` new ones, (B, max total) right-padded."""
-    total = old_lengths + new_lengths
-    columns = torch.arange(int(total.max()), device=old.device).unsqueeze(0)
-    from_old = columns < old_lengths.unsqueeze(1)
-    old = F.pad(old, (0, 1))  # a zero column: every gather below has a column to read
-    new = F.pad(new, (0, 1))
-    old_values = old.gather(1, columns.clamp(max=old.shape[1] - 1).expand(old.shape[0], -1))
-    new_values = new.gather(1, (columns - old_lengths.unsqueeze(1)).clamp(0, new.shape[1] - 1))
-    return torch.where(from_old, old_values, new_values) * (columns < total.unsqueeze(1))
 
 
 class SequentialRecommenderCache(Cache):
@@ -261,11 +265,16 @@ class SequentialRecommenderCache(Cache):
         total = self.lengths + lengths
         kept = total.clamp(max=max_seq_len)
         dropped = total - kept
+        # Column c of a row's new window is event dropped + c of its history: a column of [old window | new events].
+        old_width, appended_width = self.input_ids.shape[1], self.input_ids.shape[1] + input_ids.shape[1]
+        events = dropped.unsqueeze(1) + torch.arange(int(kept.max()), device=lengths.device)  # (B, W)
+        old_lengths = self.lengths.unsqueeze(1)
+        source = torch.where(events < old_lengths, events, events - old_lengths + old_width)
+        source = source.clamp(max=appended_width - 1)
+        real = events < total.unsqueeze(1)
 
         def window(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            appended = _append_rows(old, self.lengths, new, lengths)
-            columns = dropped.unsqueeze(1) + torch.arange(int(kept.max()), device=appended.device)
-            return appended.gather(1, columns.clamp(max=appended.shape[1] - 1)) * (columns < total.unsqueeze(1))
+            return torch.cat([old, new], dim=1).gather(1, source) * real
 
         slid = dropped > 0
         start = torch.where(slid | ~self.keys_cached, 0, self.lengths - 1)

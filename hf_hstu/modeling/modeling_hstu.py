@@ -50,11 +50,13 @@ class HSTUAttention(nn.Module):
         self.attention_dim = config.attention_dim
         self.linear_dim = config.linear_dim
         self.eps = config.layer_norm_eps
+        self.normalization = config.attention_normalization
+        self.concat_ua = config.concat_ua
         self.uvqk_proj = nn.Linear(
             config.hidden_size, 2 * self.num_heads * (self.linear_dim + self.attention_dim), bias=False
         )
         self.relative_bias = RelativeBias(RelativeBiasSpec.from_config(config))
-        gated_dim = self.num_heads * self.linear_dim * (3 if config.concat_ua else 1)
+        gated_dim = self.num_heads * self.linear_dim * (3 if self.concat_ua else 1)
         self.o_proj = nn.Linear(gated_dim, config.hidden_size)
         self.dropout = nn.Dropout(config.linear_dropout)
 
@@ -86,11 +88,11 @@ class HSTUAttention(nn.Module):
             context.attention_mask,
             context=context,
             relative_bias=self.relative_bias,
-            normalization=self.config.attention_normalization,
+            normalization=self.normalization,
             dropout=self.config.attention_dropout if self.training else 0.0,
         )
         attn_output = F.layer_norm(attn_output.reshape(batch_size, seq_len, value_dim), (value_dim,), eps=self.eps)
-        gated = torch.cat([u, attn_output, u * attn_output], dim=-1) if self.config.concat_ua else u * attn_output
+        gated = torch.cat([u, attn_output, u * attn_output], dim=-1) if self.concat_ua else u * attn_output
         return hidden_states + self.o_proj(self.dropout(gated))
 
 

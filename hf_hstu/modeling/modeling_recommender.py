@@ -371,14 +371,18 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         timestamps = to_right_padding(timestamps)
         if labels is not None:
             labels = F.pad(to_right_padding(labels)[:, 1:], (0, 1))  # position i predicts the event at i + 1
-        encoded = kept.clamp(max=self.config.max_seq_len)
-        label_only = kept > encoded  # rows whose most recent kept event is only a label
-        if label_only.any():
-            label_times = timestamps.gather(1, (kept - 1).unsqueeze(1)).squeeze(1)  # own last time where not
-            target_timestamps = (
-                label_times if target_timestamps is None else torch.where(label_only, label_times, target_timestamps)
-            )
-        width = int(encoded.max())
+        encoded, width = kept, offsets.shape[0]
+        if window > self.config.max_seq_len:  # training with one more event, which only a label may be
+            encoded = kept.clamp(max=self.config.max_seq_len)
+            label_only = kept > encoded  # rows whose most recent kept event is only a label
+            if label_only.any():
+                label_times = timestamps.gather(1, (kept - 1).unsqueeze(1)).squeeze(1)  # own last time where not
+                target_timestamps = (
+                    label_times
+                    if target_timestamps is None
+                    else torch.where(label_only, label_times, target_timestamps)
+                )
+            width = int(encoded.max())
 
         def encoded_part(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor[:, :width]
@@ -463,19 +467,43 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
     ) -> SequentialRecommenderOutput:
         """`forward` with a cache: append the new events (possibly none) to each row of `cache` (a new one when None)
         and compute what they change (see `SequentialRecommenderCache`)."""
+        cache = SequentialRecommenderCache() if cache is None else cache
+        new, event_states, block_events = self._encode_with_cache(
+            input_ids, attention_mask, timestamps, target_timestamps, ratings, cache
+        )
+        last_hidden_state = event_states.new_zeros(new.input_ids.shape[0], new.input_length, event_states.shape[-1])
+        rows, cols = torch.nonzero(new.attention_mask, as_tuple=True)
+        first_new = block_events - new.lengths  # block index of each row's first new event
+        last_hidden_state[rows, new.source_positions[rows, cols]] = event_states[rows, first_new[rows] + cols]
+        return SequentialRecommenderOutput(
+            last_hidden_state=last_hidden_state[:, : 0 if input_ids is None else None],
+            user_embeddings=_last_states(event_states, block_events),
+            cache=cache,
+        )
+
+    def _encode_with_cache(
+        self,
+        input_ids,
+        attention_mask,
+        timestamps,
+        target_timestamps,
+        ratings,
+        cache: SequentialRecommenderCache,
+    ) -> tuple[EventBatch, torch.Tensor, torch.Tensor]:
+        """Append the new events to `cache` and compute the events they change: (the new events as an `EventBatch`,
+        (B, P, D) post-processed states of each row's computed events, right-padded, the new ones last, (B,) how
+        many events of each row were computed)."""
         if self.training:
             raise ValueError(
                 "use_cache and cache are for inference: call model.eval() first (training encodes whole histories, "
                 "with dropout)."
             )
-        cache = SequentialRecommenderCache() if cache is None else cache
         if not isinstance(cache, SequentialRecommenderCache):
             raise TypeError(
                 f"cache must be the SequentialRecommenderCache a previous call returned, got {type(cache).__name__}."
             )
         device = self.item_embeddings.weight.device
-        no_events = input_ids is None
-        if no_events:
+        if input_ids is None:
             if cache.batch_size is None:
                 raise ValueError("input_ids is required unless cache holds encoded histories.")
             input_ids = attention_mask = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
@@ -509,16 +537,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 else:  # (G, P_g, D) the blocks
                     states = self._encode_cached_block(rows_step, target, cache, rows)
                 event_states[rows, : states.shape[1]] = states
-
-        last_hidden_state = event_states.new_zeros(new.input_ids.shape[0], new.input_length, event_states.shape[-1])
-        rows, cols = torch.nonzero(new.attention_mask, as_tuple=True)
-        first_new = block_events - new.lengths  # block index of each row's first new event
-        last_hidden_state[rows, new.source_positions[rows, cols]] = event_states[rows, first_new[rows] + cols]
-        return SequentialRecommenderOutput(
-            last_hidden_state=last_hidden_state[:, : 0 if no_events else None],
-            user_embeddings=_last_states(event_states, block_events),
-            cache=cache,
-        )
+        return new, event_states, block_events
 
     def _cached_block_groups(
         self, block_tokens: torch.Tensor, rows: torch.Tensor | None = None
@@ -571,6 +590,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         block = CachedBlock.from_starts(
             step.start * tokens_per_event,
             step.lengths * tokens_per_event,
+            event_mask.shape[1] * tokens_per_event,
+            token_timestamps.shape[1],
             self.config.max_tokens,
             cache.batch_size,
             batch_rows,
@@ -696,9 +717,10 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             raise ValueError("input_ids is required unless cache holds encoded histories.")
         if cache is not None:
             with self._eval_mode():
-                return self._forward_cached(
+                _, event_states, block_events = self._encode_with_cache(
                     input_ids, attention_mask, timestamps, target_timestamps, ratings, cache
-                ).user_embeddings
+                )
+            return _last_states(event_states, block_events)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
         chunk_size = chunk_size or self.group_size_for(batch.input_ids.device) or 256
         user_embeddings = None
