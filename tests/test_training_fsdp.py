@@ -169,11 +169,12 @@ def test_two_process_fsdp_shards_trains_like_one_process_saves_and_resumes(tmp_p
     assert single["shards"][0][0]["item_table"] == [NUM_ITEMS + 1, 16]
 
     # (c) The same global batches, negatives and loss weighting as one process: FSDP's reduce-scatter averages the
-    # two halves' gradients, so only the summation order differs (as for DDP, 1e-5 after 4 AdamW steps).
+    # two processes' gradients, so only the summation order differs (measured: 1.5e-8 after 4 AdamW steps of lr 1e-3,
+    # which move the weights by ~1e-3).
     assert fsdp["final"].keys() == single["final"].keys()
     for name, expected in single["final"].items():
         difference = (fsdp["final"][name] - expected).abs().max().item()
-        assert difference <= 1e-5, f"{name}: FSDP ends {difference} away from 1 process"
+        assert difference <= 1e-6, f"{name}: FSDP ends {difference} away from 1 process"
     for key in ("best_step", "history"):
         assert fsdp["results"][key] == single["results"][key], key
     assert fsdp["results"]["num_processes"] == 2
@@ -189,12 +190,13 @@ def test_two_process_fsdp_shards_trains_like_one_process_saves_and_resumes(tmp_p
     assert loaded.keys() == reference.keys()
     for name, tensor in reference.items():
         assert loaded[name].shape == tensor.shape, name
-        assert (loaded[name] - tensor).abs().max() <= 1e-5, name
+        assert (loaded[name] - tensor).abs().max() <= 1e-6, name
     # The checkpoints hold the sharded state (torch.distributed.checkpoint folders), not a full model file.
     checkpoint = tmp_path / "fsdp" / "checkpoints" / "checkpoint-2"
     assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and not (checkpoint / "model.safetensors").exists()
 
-    # (d) Resuming under FSDP from the step-2 checkpoint ends where the uninterrupted run did: the run's folder as a
+    # (d) Resuming under FSDP from the step-2 checkpoint ends exactly where the uninterrupted run did (the sharded
+    # weights and AdamW states, the schedule, RNG and negatives' generator are restored): the run's folder as a
     # run stopped during step 3 leaves it (its newest checkpoint is step 2's), continued with "latest".
     shutil.copytree(tmp_path / "fsdp", tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "checkpoint-4")
@@ -202,8 +204,7 @@ def test_two_process_fsdp_shards_trains_like_one_process_saves_and_resumes(tmp_p
     resumed = _train(tmp_path, dataset, "resumed", True, "--resume_from_checkpoint", "latest")
     assert all(len(shards) == 2 for shards in resumed["shards"])  # trained only steps 3 and 4
     for name, expected in fsdp["final"].items():
-        difference = (resumed["final"][name] - expected).abs().max().item()
-        assert difference <= 1e-6, f"{name}: the resumed run ends {difference} away from the uninterrupted one"
+        assert torch.equal(resumed["final"][name], expected), f"{name}: the resumed run ends elsewhere"
     assert resumed["results"]["history"] == fsdp["results"]["history"]
 
 
