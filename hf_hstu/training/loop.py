@@ -18,12 +18,15 @@ import shlex
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -313,14 +316,15 @@ def _evaluate(run: _Run) -> bool:
         stopping.best_step, stopping.best_epoch = state.global_step, epoch
         _save_best_model(run)
         return False
-    metrics = evaluate_ranking(
-        run.model,
-        run.eval_loaders["validation"],
-        accelerator,
-        args.k_values,
-        progress="validation",
-        metrics=ACCURACY_METRICS,  # the lists of the beyond-accuracy metrics are for the test split
-    )
+    with _gathered_parameters(run.model):
+        metrics = evaluate_ranking(
+            run.model,
+            run.eval_loaders["validation"],
+            accelerator,
+            args.k_values,
+            progress="validation",
+            metrics=ACCURACY_METRICS,  # the lists of the beyond-accuracy metrics are for the test split
+        )
     run.model.train()
     record = {"epoch": epoch, "step": state.global_step, **{f"validation/{k}": v for k, v in metrics.items()}}
     state.history.append(record)
@@ -350,7 +354,7 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    check_process_launch(os.environ, accelerator.num_processes)
+    check_process_launch(os.environ, accelerator.num_processes, fsdp=accelerator.is_fsdp2)
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. org/hstu-ml1m).")
     if training_args.batch_size % accelerator.num_processes:
@@ -402,6 +406,8 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
     }
     scheduler = _lr_scheduler(optimizer, training_args, batches_per_epoch=len(train_loader))
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if isinstance(model, FSDPModule):
+        _keep_item_table_gathered(model)
     eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
 
     item_ids = train_item_ids(data.splits["train"]) if training_args.negatives_from == "train" else None
@@ -437,6 +443,38 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         )
     model.train()
     return run
+
+
+def _keep_item_table_gathered(model: torch.nn.Module) -> None:
+    """Under FSDP2, keep the item table gathered from its embedding lookup until the backward pass.
+
+    Accelerate shards the item table (the input embeddings) as its own FSDP unit, which by default frees the gathered
+    table after the lookup; the sampled softmax then scores the negatives (and the positives) against the same table
+    later in the forward pass, and would find only this process's rows. Kept gathered, each process scores against
+    the full table, negatives drawn from the whole catalogue, and the table's gradient is reduce-scattered back to the
+    shards after the backward pass: between steps, each process holds its 1/N of the table and of its AdamW states.
+    """
+    item_embeddings = model.get_input_embeddings()
+    if not isinstance(item_embeddings, FSDPModule):
+        raise TypeError(
+            f"FSDP did not shard the item table ({type(item_embeddings).__name__}) as its own unit; "
+            "use scripts/configs/accelerate/fsdp.yaml (FSDP2 with transformer-based auto-wrap)."
+        )
+    item_embeddings.set_reshard_after_forward(False)
+
+
+@contextmanager
+def _gathered_parameters(model: torch.nn.Module):
+    """Every FSDP2 unit of `model` gathered (full parameters on each process) for the duration, so that evaluation can
+    call the model's methods besides `forward` (user embeddings, the item table); nothing happens without FSDP."""
+    units = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
 
 
 def _compile_blocks(model: torch.nn.Module) -> None:
@@ -530,15 +568,32 @@ def _save_best_model(run: _Run) -> None:
     """`save_pretrained` of the model and the item vocabulary into best_model/, through a staging folder."""
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(run.model)
+    if isinstance(model, FSDPModule):
+        model = _gathered_copy(run, model)  # a collective: every process takes part, the main one gets the model
     if accelerator.is_main_process:
         best_model_dir = run.output_dir / BEST_MODEL_DIR
         staging = best_model_dir.with_name(best_model_dir.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(run.model).save_pretrained(staging)
+        model.save_pretrained(staging)
         run.data.vocabulary.save(staging)
         shutil.rmtree(best_model_dir, ignore_errors=True)
         staging.rename(best_model_dir)
     accelerator.wait_for_everyone()
+
+
+def _gathered_copy(run: _Run, model: torch.nn.Module) -> torch.nn.Module | None:
+    """On the main process, a plain (unsharded) model of the run's class holding the full CPU tensors of an FSDP2
+    `model`, so that `save_pretrained` writes a normal checkpoint (its own class in config.json's auto_map, not FSDP's
+    wrapper class); None on the other processes. The copy is built on the meta device and takes the gathered tensors
+    as they are: no second copy of the item table."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not run.accelerator.is_main_process:
+        return None
+    with torch.device("meta"):
+        copy = MODEL_CLASSES[run.model_args.model_type][1](run.config)
+    copy.load_state_dict(full, assign=True)
+    return _with_runtime_settings(copy, run.args)
 
 
 def _save_checkpoint(run: _Run) -> None:
