@@ -25,7 +25,7 @@ from .data import METADATA_FILE, PreprocessingConfig, preprocess
 from .hub.model_card import dataset_display_name, format_duration
 from .hub.push import describe_hardware
 from .training.arguments import PRESETS, parse_training_arguments
-from .training.loop import TrainingResult, train
+from .training.loop import CHECKPOINT_COMPLETE_FILE, CHECKPOINTS_DIR, TrainingResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ def reproduce(
     train_flags: Sequence[str] = (),
     command: str = "",
     markdown_file: str | Path | None = None,
+    resume: bool = False,
 ) -> Reproduction:
     """Preprocess `dataset` into `<output_dir>/data`, train each model with each seed into
     `<output_dir>/<model>/seed_<seed>`, and write `reproduction.json` and the markdown table (`markdown_file`, by
@@ -236,7 +237,9 @@ def reproduce(
     table of the runs it finished.
 
     `train_flags` are `scripts/train.py` flags added to every run (after the recipe's, so they win); `reduced` adds
-    `REDUCED_RUN_FLAGS` before them: a smoke test whose numbers are not comparable with anything.
+    `REDUCED_RUN_FLAGS` before them: a smoke test whose numbers are not comparable with anything. With `resume`, the
+    runs recorded in `<output_dir>/reproduction.json` with the same flags are kept, and a run stopped part-way
+    continues from its latest checkpoint.
     """
     setup = dataset_setup(dataset)
     models = list(models)
@@ -247,6 +250,7 @@ def reproduce(
     output_dir = Path(output_dir)
     markdown_file = Path(markdown_file) if markdown_file else output_dir / f"reproduction_{dataset}.md"
     data_dir = output_dir / "data"
+    previous = _previous_reproduction(output_dir, setup.name) if resume else None
     start = time.perf_counter()
     data = preprocess(
         setup.name,
@@ -269,13 +273,26 @@ def reproduce(
         command=command,
         hardware=describe_hardware(PartialState().device),
     )
+    if previous is not None:
+        reproduction.wall_seconds = previous.wall_seconds
+    start -= reproduction.wall_seconds
     for model in models:
         preset, flags = planned[model]
         flags = [*flags, *(REDUCED_RUN_FLAGS if reduced else ()), *train_flags]
         for seed in seeds:
             run_dir = output_dir / model / f"seed_{seed}"
-            argv = [*flags, "--dataset", str(data_dir), "--seed", str(seed)]
-            argv += ["--output_dir", str(run_dir), "--overwrite_output_dir", "true"]
+            done = [
+                r for r in (previous.records if previous else ()) if (r.model, r.seed, r.flags) == (model, seed, flags)
+            ]
+            if done:
+                logger.info("Reproduction of %s: %s, seed %d done before, kept", setup.name, model, seed)
+                reproduction.records.append(done[0])
+                continue
+            argv = [*flags, "--dataset", str(data_dir), "--seed", str(seed), "--output_dir", str(run_dir)]
+            if resume and _has_complete_checkpoint(run_dir):
+                argv += ["--resume_from_checkpoint", "latest"]
+            else:
+                argv += ["--overwrite_output_dir", "true"]
             logger.info("Reproduction of %s: %s, seed %d", setup.name, model, seed)
             run_start = time.perf_counter()
             result: TrainingResult = train(*parse_training_arguments(argv))
@@ -298,6 +315,31 @@ def reproduce(
             reproduction.wall_seconds = time.perf_counter() - start
             write_reproduction(reproduction, output_dir, markdown_file)
     return reproduction
+
+
+def _previous_reproduction(output_dir: Path, dataset: str) -> Reproduction | None:
+    """The reproduction recorded in `output_dir` (None when there is none), checked to be of `dataset`."""
+    path = output_dir / "reproduction.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    try:
+        records = [RunRecord(**record) for record in saved.pop("records")]
+        previous = Reproduction(**saved, records=records)
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not a reproduction record of this version ({error}); resume without it."
+        ) from error
+    if previous.dataset != dataset:
+        raise ValueError(
+            f"{path} records a reproduction on {previous.dataset}, not {dataset}: resume in another folder."
+        )
+    return previous
+
+
+def _has_complete_checkpoint(run_dir: Path) -> bool:
+    folders = (run_dir / CHECKPOINTS_DIR).glob("epoch_*")
+    return any(folder.suffix != ".tmp" and (folder / CHECKPOINT_COMPLETE_FILE).is_file() for folder in folders)
 
 
 def write_reproduction(reproduction: Reproduction, output_dir: Path, markdown_file: Path) -> None:
@@ -340,14 +382,15 @@ def format_reproduction(reproduction: Reproduction) -> str:
     statistics_text = ", ".join(
         f"{value:,} {key.removeprefix('num_')}" for key, value in reproduction.dataset_statistics.items() if value
     )
-    lines = [f"# Reproduction: {reproduction.dataset_title}", ""]
+    partial = reproduction.dataset_name != reproduction.dataset
+    lines = [f"# Reproduction: {reproduction.dataset_title}{' (partial data)' if partial else ''}", ""]
     if reproduction.reduced:
         lines += [
             "**Reduced mode** (`--reduced`: 1 epoch of at most 2 steps per run): a smoke test of the pipeline. "
             "These numbers are not comparable with the published ones or with trained models.",
             "",
         ]
-    if reproduction.dataset_name != reproduction.dataset:
+    if partial:
         lines += [
             f"**Partial data**: {reproduction.dataset_name}. The published figures were measured on the complete "
             "dataset; ours are not comparable with them.",

@@ -33,6 +33,10 @@ class ReproductionArguments:
     reduced: bool = field(
         default=False, metadata={"help": "1 epoch of at most 2 steps per run: a smoke test, numbers not comparable."}
     )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Keep the runs output_dir already holds with the same flags; continue a stopped one."},
+    )
     train_flags: str = field(
         default="", metadata={"help": "scripts/train.py flags for every run, e.g. '--eval_batch_size 512'."}
     )
@@ -54,6 +58,7 @@ def main() -> None:
         train_flags=shlex.split(args.train_flags),
         command=reproduction_command(sys.argv[1:]),
         markdown_file=args.markdown_file,
+        resume=args.resume,
     )
     print(reproduction.to_markdown())
 

@@ -122,7 +122,10 @@ def test_the_published_figures_sit_beside_ours():
     assert "Partial data" not in markdown
 
     partial = _reproduction("ml-1m", records, "ml-1m (modified: 865,611 rows, not the official 1,000,209)")
-    assert "**Partial data**: ml-1m (modified: 865,611 rows, not the official 1,000,209)" in partial.to_markdown()
+    assert partial.to_markdown().startswith(
+        "# Reproduction: MovieLens-1M (partial data)\n\n"
+        "**Partial data**: ml-1m (modified: 865,611 rows, not the official 1,000,209). The published figures"
+    )
 
     beauty = _reproduction("amazon-beauty-5core", [_record("sasrec-strong", 1, 0.09, 0.05)]).to_markdown()
     assert _row(beauty, "SASRec (strong recipe)")[3:7] == ["0.0900", "0.0921", "0.0500", "0.0531"]
@@ -185,3 +188,26 @@ def test_reproduce_script_on_ml_100k_in_reduced_mode(tmp_path):
             _mean_std([m["ndcg@10"] for m in metrics]),
             "-",
         ]
+
+
+def test_resume_keeps_finished_runs_and_continues_a_stopped_one(tmp_path, capsys):
+    options = dict(models=["hstu"], reduced=True, train_flags=TINY_FLAGS)
+    first = reproduce("synthetic", tmp_path, seeds=[1, 2], **options)
+    finished = (tmp_path / "hstu" / "seed_1" / "results.json").stat().st_mtime_ns
+    # seed 2 stopped after its last checkpoint, before the test evaluation: no results, no record
+    (tmp_path / "hstu" / "seed_2" / "results.json").unlink()
+    saved = json.loads((tmp_path / "reproduction.json").read_text())
+    saved["records"] = saved["records"][:1]
+    (tmp_path / "reproduction.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+
+    resumed = reproduce("synthetic", tmp_path, seeds=[1, 2], resume=True, **options)
+    assert "Resumed from" in capsys.readouterr().out  # seed 2 continued from its checkpoint
+    assert (tmp_path / "hstu" / "seed_1" / "results.json").stat().st_mtime_ns == finished
+    assert [r.seed for r in resumed.records] == [1, 2]
+    assert resumed.records[0] == first.records[0]
+    assert resumed.records[1].test_metrics == first.records[1].test_metrics  # the same model, evaluated again
+    assert resumed.wall_seconds > first.wall_seconds
+
+    with pytest.raises(ValueError, match="records a reproduction on synthetic, not ml-100k"):
+        reproduce("ml-100k", tmp_path, resume=True, raw_dir=tmp_path / "absent")
