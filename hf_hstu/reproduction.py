@@ -47,7 +47,7 @@ class PublishedResult:
 
 
 ZHAI_2024 = "Zhai et al., ICML 2024 (arXiv:2402.17152)"
-STRONG_SASREC_SOURCE = "strongest published SASRec recipe: sampled softmax, 256 negatives, length 50"
+STRONG_SASREC_SOURCE = "the strongest published SASRec recipe on Beauty (sampled softmax, 256 negatives, length 50)"
 
 
 @dataclass(frozen=True)
