@@ -25,6 +25,7 @@ from .data import METADATA_FILE, PreprocessingConfig, preprocess
 from .hub.model_card import dataset_display_name, format_duration
 from .hub.push import describe_hardware
 from .training.arguments import PRESETS, parse_training_arguments
+from .training.data import PROTOCOL_DESCRIPTIONS
 from .training.loop import CHECKPOINT_COMPLETE_FILE, CHECKPOINTS_DIR, TrainingResult, train
 
 logger = logging.getLogger(__name__)
@@ -349,14 +350,10 @@ def write_reproduction(reproduction: Reproduction, output_dir: Path, markdown_fi
     markdown_file.write_text(reproduction.to_markdown())
 
 
-def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """The mean and the sample standard deviation (None for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def format_mean_std(values: Sequence[float]) -> str:
-    mean, std = mean_and_std(values)
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+    """ "mean ± sample standard deviation", or the value alone when there is one."""
+    mean = statistics.fmean(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {statistics.stdev(values):.4f}"
 
 
 def _metric(record: RunRecord, name: str) -> float:
@@ -397,8 +394,8 @@ def format_reproduction(reproduction: Reproduction) -> str:
             "",
         ]
     lines += [
-        f"- Dataset: {reproduction.dataset_name} ({statistics_text}); split protocol: {reproduction.protocol}, "
-        "test on each user's last event, full-corpus ranking with the user's history excluded.",
+        f"- Dataset: {reproduction.dataset_name} ({statistics_text}); protocol: "
+        f"{PROTOCOL_DESCRIPTIONS.get(reproduction.protocol, reproduction.protocol)}",
         f"- Command: `{reproduction.command}`" if reproduction.command else "- Command: (called from Python)",
         f"- Hardware: {reproduction.hardware}; wall time of the whole reproduction: "
         f"{format_duration(reproduction.wall_seconds)}.",
