@@ -315,6 +315,7 @@ def reproduce(
             )
             reproduction.wall_seconds = time.perf_counter() - start
             write_reproduction(reproduction, output_dir, markdown_file)
+    write_reproduction(reproduction, output_dir, markdown_file)  # also when every run was kept from before
     return reproduction
 
 

@@ -209,5 +209,10 @@ def test_resume_keeps_finished_runs_and_continues_a_stopped_one(tmp_path, capsys
     assert resumed.records[1].test_metrics == first.records[1].test_metrics  # the same model, evaluated again
     assert resumed.wall_seconds > first.wall_seconds
 
+    # everything done: nothing trained, the note rewritten where asked
+    again = reproduce("synthetic", tmp_path, seeds=[2], resume=True, markdown_file=tmp_path / "note.md", **options)
+    assert again.records == resumed.records[1:]
+    assert (tmp_path / "note.md").read_text() == again.to_markdown()
+
     with pytest.raises(ValueError, match="records a reproduction on synthetic, not ml-100k"):
         reproduce("ml-100k", tmp_path, resume=True, raw_dir=tmp_path / "absent")
