@@ -247,6 +247,8 @@ def reproduce(
     for model in models:
         if model not in MODEL_RECIPES:
             raise ValueError(f"models: unknown {model!r}; known: {', '.join(MODEL_RECIPES)}.")
+    if not models or not seeds:
+        raise ValueError(f"Nothing to reproduce: models {models}, seeds {list(seeds)}.")
     planned = {model: run_flags(setup, model) for model in models}  # every preset checked before any work
     output_dir = Path(output_dir)
     markdown_file = Path(markdown_file) if markdown_file else output_dir / f"reproduction_{dataset}.md"
@@ -282,41 +284,38 @@ def reproduce(
         flags = [*flags, *(REDUCED_RUN_FLAGS if reduced else ()), *train_flags]
         for seed in seeds:
             run_dir = output_dir / model / f"seed_{seed}"
-            done = [
-                r for r in (previous.records if previous else ()) if (r.model, r.seed, r.flags) == (model, seed, flags)
-            ]
-            if done:
-                logger.info("Reproduction of %s: %s, seed %d done before, kept", setup.name, model, seed)
-                reproduction.records.append(done[0])
-                continue
-            argv = [*flags, "--dataset", str(data_dir), "--seed", str(seed), "--output_dir", str(run_dir)]
-            if resume and _has_complete_checkpoint(run_dir):
-                argv += ["--resume_from_checkpoint", "latest"]
-            else:
-                argv += ["--overwrite_output_dir", "true"]
-            logger.info("Reproduction of %s: %s, seed %d", setup.name, model, seed)
-            run_start = time.perf_counter()
-            result: TrainingResult = train(*parse_training_arguments(argv))
-            if result.test_metrics is None:
-                raise ValueError(f"{data_dir}: the run {run_dir} has no test metrics (no test split).")
-            reproduction.records.append(
-                RunRecord(
-                    model=model,
-                    seed=seed,
-                    preset=preset,
-                    flags=flags,
-                    output_dir=str(run_dir),
-                    test_metrics=dict(result.test_metrics),
-                    best_epoch=result.best_epoch,
-                    train_seconds=result.train_seconds,
-                    wall_seconds=time.perf_counter() - run_start,
-                    command=result.command,
-                )
+            kept = (
+                [r for r in previous.records if (r.model, r.seed, r.flags) == (model, seed, flags)] if previous else []
             )
+            logger.info("Reproduction of %s: %s, seed %d%s", setup.name, model, seed, ", kept" if kept else "")
+            argv = [*flags, "--dataset", str(data_dir), "--seed", str(seed), "--output_dir", str(run_dir)]
+            argv += ["--resume_from_checkpoint", "latest"] if resume and _has_complete_checkpoint(run_dir) else []
+            reproduction.records.append(kept[0] if kept else _train_run(model, seed, preset, flags, argv))
             reproduction.wall_seconds = time.perf_counter() - start
-            write_reproduction(reproduction, output_dir, markdown_file)
-    write_reproduction(reproduction, output_dir, markdown_file)  # also when every run was kept from before
+            write_reproduction(reproduction, output_dir, markdown_file)  # after each run, kept ones too
     return reproduction
+
+
+def _train_run(model: str, seed: int, preset: str, flags: list[str], argv: list[str]) -> RunRecord:
+    """Train one (model, seed) with `scripts/train.py`'s arguments `argv` (a fresh run unless it resumes)."""
+    if "--resume_from_checkpoint" not in argv:
+        argv = [*argv, "--overwrite_output_dir", "true"]
+    start = time.perf_counter()
+    result: TrainingResult = train(*parse_training_arguments(argv))
+    if result.test_metrics is None:
+        raise ValueError(f"The run {result.output_dir} has no test metrics (its dataset has no test split).")
+    return RunRecord(
+        model=model,
+        seed=seed,
+        preset=preset,
+        flags=flags,
+        output_dir=result.output_dir,
+        test_metrics=dict(result.test_metrics),
+        best_epoch=result.best_epoch,
+        train_seconds=result.train_seconds,
+        wall_seconds=time.perf_counter() - start,
+        command=result.command,
+    )
 
 
 def _previous_reproduction(output_dir: Path, dataset: str) -> Reproduction | None:
