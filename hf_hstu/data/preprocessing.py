@@ -51,7 +51,15 @@ from datasets.table import InMemoryTable
 from ..progress import progress, quiet_library_progress_bars
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
-from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
+from .sources import (
+    Errors,
+    InteractionChunks,
+    PathLike,
+    TimestampUnit,
+    default_filters,
+    load_raw_interactions,
+    read_interactions,
+)
 from .vocabulary import ItemVocabulary, UserVocabulary
 
 logger = logging.getLogger(__name__)
@@ -575,6 +583,7 @@ def preprocess(
     overwrite: bool = False,
     push_to_hub: str | None = None,
     private: bool | None = None,
+    memory_budget_mb: float | None = None,
 ) -> SequenceData:
     """Load a dataset (see :func:`~hf_hstu.data.sources.load_raw_interactions`), build its sequences, and save them
     to ``output_dir`` (atomically) and/or push them to the Hub dataset repo ``push_to_hub``.
@@ -586,27 +595,49 @@ def preprocess(
         timestamp_unit: unit of numeric timestamps: None (default) for whole unix seconds (a fraction of a second,
             or a value after the year 5000, is then an error naming file, line and column), or ``"s"``, ``"ms"``,
             ``"us"`` to convert them (floored to the second).
+        memory_budget_mb: stream instead of loading everything: read in chunks, sort externally and write the
+            splits shard by shard, with peak memory following this budget rather than the data (see
+            :mod:`hf_hstu.data.streaming`; needs ``output_dir``). None: in memory.
     """
     if output_dir is not None:
         _check_output(Path(output_dir), overwrite)
     config = config or PreprocessingConfig()
     config = replace(config, **{k: v for k, v in default_filters(dataset).items() if getattr(config, k) is None})
+    reading = dict(
+        raw_dir=raw_dir,
+        raw_path=raw_path,
+        cache_dir=cache_dir,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        delimiter=delimiter,
+        errors=errors,
+        timestamp_unit=timestamp_unit,
+    )
+    if memory_budget_mb is not None:
+        from .streaming import StreamingBudget, build_sequences_streaming  # built on this module's helpers
+
+        if output_dir is None:
+            raise ValueError("streaming preprocessing (memory_budget_mb) writes its result to output_dir: pass one")
+        chunks = InteractionChunks(
+            dataset, **reading, chunk_bytes=StreamingBudget.from_megabytes(memory_budget_mb).chunk_bytes
+        )
+        data = build_sequences_streaming(
+            chunks,
+            output_dir,
+            config,
+            dataset,
+            memory_budget_mb=memory_budget_mb,
+            save_format=save_format,
+            overwrite=overwrite,
+        )
+        if push_to_hub:
+            data.push_to_hub(push_to_hub, private=private)
+        logger.info("%s: %s", dataset, {k: data.metadata[k] for k in ("num_users", "num_items", "num_interactions")})
+        return data
     with progress(total=3, desc=f"{dataset}: parse", unit="step") as phases:
-        interactions = [  # a list, so that build_sequences holds the only reference and can free the frame
-            load_raw_interactions(
-                dataset,
-                raw_dir=raw_dir,
-                raw_path=raw_path,
-                cache_dir=cache_dir,
-                user_col=user_col,
-                item_col=item_col,
-                time_col=time_col,
-                rating_col=rating_col,
-                delimiter=delimiter,
-                errors=errors,
-                timestamp_unit=timestamp_unit,
-            )
-        ]
+        interactions = [load_raw_interactions(dataset, **reading)]  # a list: build_sequences can free the frame
         phases.update()
         phases.set_description(f"{dataset}: sort, filter, group")
         data = build_sequences(interactions.pop(), config, dataset_name=dataset)
