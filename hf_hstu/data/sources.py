@@ -849,6 +849,24 @@ def _locate_file(
     raise ValueError(f"Unknown dataset {dataset!r}; known: {known}")
 
 
+# Block of the streaming CSV reader. It parses blocks ahead of the one asked for, so they are kept small (memory) and
+# grouped into chunks of the size asked for (fewer, larger chunks to check and spill).
+_READ_BLOCK = 2**20
+
+
+def _grouped(reader: pa_csv.CSVStreamingReader, chunk_bytes: int) -> Iterator[pa.Table]:
+    """The reader's batches grouped into tables of about ``chunk_bytes`` of text."""
+    per_chunk = max(1, chunk_bytes // _READ_BLOCK)
+    batches = []
+    for batch in reader:
+        batches.append(batch)
+        if len(batches) == per_chunk:
+            yield pa.Table.from_batches(batches)
+            batches = []
+    if batches:
+        yield pa.Table.from_batches(batches)
+
+
 def _iter_delimited(
     path: PathLike,
     *,
@@ -863,7 +881,7 @@ def _iter_delimited(
     timestamp_unit: TimestampUnit | None = None,
     block_size: int,
 ) -> Iterator[pd.DataFrame]:
-    """:func:`_read_delimited` in blocks of about ``block_size`` bytes of text: yields the normalised frame of each
+    """:func:`_read_delimited` in chunks of about ``block_size`` bytes of text: yields the normalised frame of each
     block, with the same checks and messages (file and line).
 
     The typed parse runs first; at the first block it cannot parse (or a line it cannot split, or a wrong
@@ -877,14 +895,14 @@ def _iter_delimited(
     parse_options = _delimited_parse_options(path, delimiter, fields, names, unparsed)
     include = [*fields.values(), *separators]
     yielded = 0
-    typed = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(column_names=names, block_size=block_size),
-        parse_options=parse_options,
-        convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=include),
-    )
     try:
-        for batch in typed:
+        typed = pa_csv.open_csv(  # parses the first block already
+            path,
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=_READ_BLOCK),
+            parse_options=parse_options,
+            convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=include),
+        )
+        for batch in _grouped(typed, block_size):
             if unparsed or not all(pc.all(pc.equal(batch[column], "")).as_py() for column in separators):
                 break
             raw = pd.DataFrame({name: batch[column].to_numpy() for name, column in fields.items()}, copy=False)
@@ -900,14 +918,14 @@ def _iter_delimited(
     unparsed.clear()
     checked = pa_csv.open_csv(
         path,
-        read_options=pa_csv.ReadOptions(column_names=names, use_threads=False, block_size=block_size),
+        read_options=pa_csv.ReadOptions(column_names=names, use_threads=False, block_size=_READ_BLOCK),
         parse_options=parse_options,
         convert_options=pa_csv.ConvertOptions(
             column_types=dict.fromkeys(include, pa.string()), include_columns=include
         ),
     )
     skip, next_line, reported = yielded, header_lines + 1 + yielded, 0
-    for batch in checked:
+    for batch in _grouped(checked, block_size):
         if skip:
             batch, skip = batch.slice(min(skip, batch.num_rows)), max(skip - batch.num_rows, 0)
         if batch.num_rows == 0:
