@@ -212,3 +212,26 @@ def test_written_log_preprocesses_the_same_both_ways(tmp_path):
     assert_same_output(tmp_path / "in_memory", tmp_path / "streamed")
     assert json.loads((tmp_path / "streamed" / "preprocessing.json").read_text())["num_interactions"] == 30_000
     assert pa.types.is_list(streamed.dataset["train"].data.schema.field("item_ids").type)
+
+
+def test_training_data_streams_the_train_split_across_processes(tmp_path):
+    from hf_hstu.training.arguments import DataArguments
+    from hf_hstu.training.data import load_training_data, streaming_train_split
+
+    preprocess("synthetic", tmp_path / "data", memory_budget_mb=0.05)
+    data = load_training_data(DataArguments(dataset=str(tmp_path / "data"), sample_ratio=0.5), 50, seed=9)
+    assert data.train_collator.sample_ratio == 0.5 and data.train_collator.seed == 9
+    assert data.collator.sample_ratio == 1.0  # evaluation sees whole histories
+    everyone = set(data.splits["train"]["user_id"])
+
+    def users(rank: int, epoch: int) -> list[int]:
+        stream = streaming_train_split(data, seed=9, process_index=rank, num_processes=2)
+        stream.set_epoch(epoch)
+        return [row["user_id"] for row in stream]
+
+    for epoch in (0, 1):
+        first, second = users(0, epoch), users(1, epoch)
+        assert set(first).isdisjoint(second) and set(first) | set(second) == everyone
+        assert abs(len(first) - len(second)) <= 16  # near-equal shards
+    assert users(0, 0) == users(0, 0)  # seeded
+    assert users(0, 0) != users(0, 1)  # reshuffled each epoch

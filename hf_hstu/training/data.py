@@ -5,7 +5,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import DatasetDict
+from datasets import DatasetDict, IterableDataset
+from datasets.distributed import split_dataset_by_node
 from huggingface_hub import hf_hub_download
 
 from ..data import (
@@ -34,14 +35,19 @@ PROTOCOL_DESCRIPTIONS = {
 
 @dataclass
 class TrainingData:
-    """Splits, vocabulary and collator of one dataset, with how it was made."""
+    """Splits, vocabulary and collators of one dataset, with how it was made."""
 
     name: str
     splits: DatasetDict
     vocabulary: ItemVocabulary
-    collator: SequenceCollator
+    collator: SequenceCollator  # evaluation: whole histories
     metadata: dict
     reference: str = ""  # how a command names the dataset: its Hub id, its name, or data/<name> for a local folder
+    train_collator: SequenceCollator | None = None  # training: with DataArguments.sample_ratio (set_epoch each epoch)
+
+    def __post_init__(self):
+        if self.train_collator is None:
+            self.train_collator = self.collator
 
     @property
     def protocol_text(self) -> str:
@@ -52,10 +58,11 @@ class TrainingData:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingData:
+def load_training_data(data_args: DataArguments, max_seq_len: int, seed: int = 0) -> TrainingData:
     """Load `data_args.dataset`: a folder written by `scripts/preprocess.py`, a Hub dataset repository pushed by
     `scripts/push_dataset.py` (or `preprocess.py --push-to-hub`), or else a dataset name that is built in memory
-    (from `data_args.raw_dir` or the official download)."""
+    (from `data_args.raw_dir` or the official download). `seed` seeds the training collator's `sample_ratio` draws.
+    """
     path = Path(data_args.dataset).expanduser()
     reference = data_args.dataset
     if path.exists():
@@ -91,4 +98,22 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         collator=SequenceCollator(max_seq_len=max_seq_len),
         metadata=metadata,
         reference=reference,
+        train_collator=SequenceCollator(max_seq_len=max_seq_len, sample_ratio=data_args.sample_ratio, seed=seed),
     )
+
+
+def streaming_train_split(
+    data: TrainingData, seed: int, process_index: int = 0, num_processes: int = 1, shards_per_process: int = 8
+) -> IterableDataset:
+    """The train split as a streaming ``datasets.IterableDataset`` for this process: read shard by shard from the
+    memory-mapped files (nothing materialised), each process reading its own shards (``split_dataset_by_node``),
+    shuffled by shard order and a buffer, anew at each ``set_epoch(epoch)`` (seeded: the same on every run).
+
+    The rows of one process differ from the others' by at most a few (near-equal contiguous shards): a loop over it
+    drops the last incomplete batch or caps the steps per epoch, so that every process takes the same number of
+    steps.
+    """
+    train = data.splits["train"]
+    num_shards = min(len(train), num_processes * shards_per_process)
+    iterable = train.to_iterable_dataset(num_shards=num_shards).shuffle(seed=seed, buffer_size=1_000)
+    return split_dataset_by_node(iterable, rank=process_index, world_size=num_processes)

@@ -180,7 +180,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
     set_seed(training_args.seed)
 
     with accelerator.main_process_first():
-        data: TrainingData = load_training_data(data_args, model_args.max_seq_len)
+        data: TrainingData = load_training_data(data_args, model_args.max_seq_len, training_args.seed)
     config = build_model_config(model_args, data.vocabulary.num_items)
     checkpoint_path = _find_checkpoint(output_dir, training_args.resume_from_checkpoint) if resuming else None
     dataset_signature = _dataset_signature(data)  # stored in every checkpoint
@@ -209,7 +209,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
         data.splits["train"],
         batch_size=training_args.batch_size,
         sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
-        collate_fn=data.collator,
+        collate_fn=data.train_collator,
         num_workers=data_args.dataloader_num_workers,
         drop_last=False,
     )
@@ -250,6 +250,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, training_args: 
     stop = False
     for epoch in range(state.epoch, training_args.num_epochs):
         train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
+        data.train_collator.set_epoch(epoch)  # this epoch's sample_ratio draws
         model.train()
         progress = PhaseProgress(
             train_loader,
