@@ -55,6 +55,9 @@ class BenchArguments:
     in_memory: bool = field(default=False, metadata={"help": "Run the in-memory path instead of streaming."})
     seed: int = field(default=0)
     work_dir: str | None = field(default=None, metadata={"help": "Where to write the files (default: a temp dir)."})
+    raw_path: str | None = field(
+        default=None, metadata={"help": "Preprocess this log (in the shape's format) instead of writing one."}
+    )
 
 
 _COUNTS = ("num_interactions", "num_users", "num_items", "num_rows")
@@ -83,9 +86,10 @@ def main() -> None:
     num_users = args.num_users or shape["num_users"]
     num_items = args.num_items or shape["num_items"]
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work_dir:
-        log_path = Path(work_dir) / "ratings.csv"
+        log_path = Path(args.raw_path or Path(work_dir) / "ratings.csv")
         start = time.perf_counter()
-        write_ratings_log(log_path, args.num_rows, num_users, num_items, layout=shape["layout"], seed=args.seed)
+        if args.raw_path is None:
+            write_ratings_log(log_path, args.num_rows, num_users, num_items, layout=shape["layout"], seed=args.seed)
         generate_s = time.perf_counter() - start
         context = multiprocessing.get_context("spawn")
         results = context.Queue()

@@ -164,7 +164,12 @@ def _integers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if _is_text(series):
         text = series.astype("string").str.strip()
         valid = text.str.fullmatch(r"[+-]?[0-9]+").to_numpy(dtype=bool, na_value=False)
-        values = pd.to_numeric(text.where(valid, "0")).to_numpy(dtype=np.int64)
+        digits = text.where(valid, "0")
+        try:  # pyarrow's parse is ~10x faster than pandas'; it refuses a leading "+" and values beyond int64
+            values = pc.cast(pc.replace_substring_regex(pa.array(digits, pa.string()), r"^\+", ""), pa.int64())
+            values = values.to_numpy()
+        except pa.ArrowInvalid:
+            values = pd.to_numeric(digits).to_numpy(dtype=np.int64)
         return values, ~valid & ~_missing(series)
     numbers, _ = _numbers(series)
     whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
