@@ -97,7 +97,7 @@ def test_streaming_parquet_in_and_out(tmp_path):
     config = PreprocessingConfig(duplicates="drop")
     in_memory = preprocess("csv", tmp_path / "in_memory", config=config, save_format="parquet", **reading)
     streamed = preprocess(
-        "csv", tmp_path / "streamed", config=config, save_format="parquet", memory_budget_mb=0.05, **reading
+        "csv", tmp_path / "streamed", config=config, save_format="parquet", memory_budget_mb=0.2, **reading
     )
     assert sorted(path.name for path in (tmp_path / "streamed").glob("*.parquet")) == [
         "test.parquet",
@@ -205,12 +205,12 @@ def test_write_ratings_log_has_the_asked_shape(tmp_path, layout):
 
 
 def test_written_log_preprocesses_the_same_both_ways(tmp_path):
-    path = write_ratings_log(tmp_path / "ratings.csv", 30_000, 500, 400, chunk_rows=4000)
+    path = write_ratings_log(tmp_path / "ratings.csv", 8_000, 200, 300, chunk_rows=3000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ModifiedSourceWarning)  # not the official ml-20m file
-        in_memory, streamed = run_both(tmp_path, "ml-20m", PreprocessingConfig(), 65536, raw_path=path)
+        in_memory, streamed = run_both(tmp_path, "ml-20m", PreprocessingConfig(), 16384, raw_path=path)
     assert_same_output(tmp_path / "in_memory", tmp_path / "streamed")
-    assert json.loads((tmp_path / "streamed" / "preprocessing.json").read_text())["num_interactions"] == 30_000
+    assert json.loads((tmp_path / "streamed" / "preprocessing.json").read_text())["num_interactions"] == 8_000
     assert pa.types.is_list(streamed.dataset["train"].data.schema.field("item_ids").type)
 
 
@@ -218,7 +218,7 @@ def test_training_data_streams_the_train_split_across_processes(tmp_path):
     from hf_hstu.training.arguments import DataArguments
     from hf_hstu.training.data import load_training_data, streaming_train_split
 
-    preprocess("synthetic", tmp_path / "data", memory_budget_mb=0.05)
+    preprocess("synthetic", tmp_path / "data", memory_budget_mb=2)
     data = load_training_data(DataArguments(dataset=str(tmp_path / "data"), sample_ratio=0.5), 50, seed=9)
     assert data.train_collator.sample_ratio == 0.5 and data.train_collator.seed == 9
     assert data.collator.sample_ratio == 1.0  # evaluation sees whole histories
@@ -235,3 +235,17 @@ def test_training_data_streams_the_train_split_across_processes(tmp_path):
         assert abs(len(first) - len(second)) <= 16  # near-equal shards
     assert users(0, 0) == users(0, 0)  # seeded
     assert users(0, 0) != users(0, 1)  # reshuffled each epoch
+
+
+def test_a_bad_parquet_row_in_a_later_chunk_is_named_as_in_memory(tmp_path):
+    frame = pd.DataFrame(
+        {"user_id": np.arange(1000) % 50, "item_id": np.arange(1000) % 70, "timestamp": np.arange(1000)}
+    )
+    frame.loc[700, "timestamp"] = -5
+    frame.to_parquet(tmp_path / "log.parquet")
+    with pytest.raises(MalformedInputError) as in_memory:
+        preprocess("csv", tmp_path / "a", raw_path=tmp_path / "log.parquet")
+    with pytest.raises(MalformedInputError) as streamed:
+        list(InteractionChunks("csv", raw_path=tmp_path / "log.parquet", chunk_bytes=4096))  # 128 rows a chunk
+    assert str(streamed.value) == str(in_memory.value)
+    assert "row 700: timestamp '-5' is negative" in str(streamed.value)

@@ -1047,6 +1047,10 @@ class InteractionChunks:
             self.source_check = _official_check(rows + sum(self.skipped_rows.values()), path, name, downloaded)
 
 
+# Rows per chunk of a table without text (Parquet, in-memory frames): as many as a CSV chunk of that size holds.
+_TEXT_BYTES_PER_ROW = 32
+
+
 def _iter_parquet(
     path: Path, fields: dict[str, str], chunk_bytes: int, errors: Errors, timestamp_unit: TimestampUnit | None
 ) -> Iterator[pd.DataFrame]:
@@ -1054,17 +1058,9 @@ def _iter_parquet(
     _require_content(path)
     parquet = pq.ParquetFile(path)
     _require_columns(str(path), fields.values(), parquet.schema_arrow.names, "columns:")
-    metadata = parquet.metadata
-    row_bytes = max(
-        1,
-        metadata.serialized_size
-        + sum(metadata.row_group(index).total_byte_size for index in range(metadata.num_row_groups))
-        // max(1, metadata.num_rows),
-    )
     offset = 0
-    batches = parquet.iter_batches(
-        batch_size=max(1, chunk_bytes // row_bytes), columns=list(dict.fromkeys(fields.values()))
-    )
+    columns = list(dict.fromkeys(fields.values()))
+    batches = parquet.iter_batches(batch_size=max(1, chunk_bytes // _TEXT_BYTES_PER_ROW), columns=columns)
     for batch in batches:
         raw = pd.DataFrame({name: batch[column].to_pandas() for name, column in fields.items()})
         yield _validate(
@@ -1077,7 +1073,7 @@ def _iter_parquet(
 
 def _iter_whole(frame: pd.DataFrame, chunk_bytes: int) -> Iterator[pd.DataFrame]:
     """A frame read whole, handed out in chunks of about ``chunk_bytes`` (the first carries its skipped rows)."""
-    step = max(1, chunk_bytes // 32)  # about 32 bytes of text per row
+    step = max(1, chunk_bytes // _TEXT_BYTES_PER_ROW)
     for start in range(0, len(frame), step):
         chunk = frame.iloc[start : start + step]
         chunk.attrs = {
