@@ -7,12 +7,13 @@ string ids cost more). Work files go to a temporary folder beside the output (ab
 events), removed at the end. The passes:
 
 1. **read**: the source chunk by chunk (:class:`~hf_hstu.data.sources.InteractionChunks`: the readers' checks and
-   messages, file and line), ``min_rating`` applied; each chunk is spilled to an Arrow file with its rows'
-   positions (the tie-breaker of the stable sort), and the distinct users (with their event counts) and items kept.
+   messages, file and line), ``min_rating`` applied; each chunk is spilled to an Arrow file, and the distinct users
+   (with their event counts) and items kept. Every pass keeps the file order of the rows (the stable sort's
+   tie-breaker).
 2. **partition** (an external distribution sort): users numbered in sorted raw-id order (the vocabulary order) and
    cut into contiguous ranges of at most ``partition_rows`` events; the spilled chunks are scattered to their
    ranges' files. Every user's events land in one range, so a range is sorted in memory by (user, time,
-   position), and the ranges in order are the global sort.
+   file order), and the ranges in order are the global sort.
 3. **filter**: duplicates per range; the filters that need global counts (paper filter, k-core, short sequences)
    as passes over the ranges with per-user and per-item counts, the per-event masks on disk.
 4. **write**: the split rows of each range, appended as shards of the output (``save_to_disk`` layout, read back
@@ -115,7 +116,7 @@ class _DistinctIds:
         kind = pa.string() if self.is_text else pa.int64()
         tables = [table.set_column(0, "id", table["id"].cast(kind)) for table in tables]
         merged = pa.concat_tables(tables).group_by("id").aggregate([("count", "sum")])
-        self._merged = merged.rename_columns(["id", "count"]).select(["id", "count"])
+        self._merged = merged.select(["id", "count_sum"]).rename_columns(["id", "count"])
         self._pending, self._pending_rows = [], 0
 
     def sorted(self) -> tuple[pa.Array, np.ndarray]:
@@ -136,7 +137,7 @@ def _encode(values: pa.Array, vocabulary: pa.Array) -> np.ndarray:
 
 
 class _Partitions:
-    """The user ranges: event columns sorted by (user, time, position) and the mask of kept events, as .npy files."""
+    """The user ranges: event columns sorted by (user, time, file order) and the mask of kept events, as .npy files."""
 
     def __init__(self, folder: Path, bounds: np.ndarray, has_ratings: bool):
         self.folder = folder
@@ -337,7 +338,7 @@ def _stream(
     save_format: Literal["arrow", "parquet"],
     clock: _Clock,
 ) -> tuple[dict, tuple[ItemVocabulary, UserVocabulary]]:
-    # 1. read: spill the chunks with their positions, count the distinct users and items
+    # 1. read: spill the chunks in order, count the distinct users and items
     users_seen, items_seen = _DistinctIds(), _DistinctIds()
     spills: list[Path] = []
     num_raw = kept_rows = 0
@@ -359,7 +360,6 @@ def _stream(
                 "item": pa.array(frame["item_id"]),
                 "timestamp": pa.array(frame["timestamp"].to_numpy(dtype=np.int64)),
                 **({"rating": pa.array(frame["rating"].to_numpy(dtype=np.float64))} if has_ratings else {}),
-                "row": pa.array(np.arange(kept_rows, kept_rows + len(frame), dtype=np.int64)),
             }
         )
         kept_rows += len(frame)
@@ -397,9 +397,9 @@ def _stream(
     # 3. filter: duplicates per range, then the filters needing global counts
     exact_duplicates = dropped_duplicates = 0
     for index in range(len(partitions)):
-        table = pa.ipc.open_stream(pa.OSFile(str(work / f"{index:05d}.arrows"))).read_all()
+        table = _read_stream(work / f"{index:05d}.arrows")
         users, items, timestamps = (table[name].to_numpy() for name in ("user", "item", "timestamp"))
-        order = _stable_order(users, timestamps)  # rows arrive in position order: ties keep it
+        order = _stable_order(users, timestamps)  # rows arrive in file order: ties keep it
         columns = {name: table[name].to_numpy()[order] for name in partitions.columns}
         del table, users, items, timestamps, order
         keep, repeated = _duplicate_policy(
@@ -526,11 +526,7 @@ def _scatter(spills: list[Path], partitions: _Partitions, user_ids: pa.Array, it
             {
                 "user": users[order],
                 "item": items[order],
-                **{
-                    name: table[name].take(order)
-                    for name in ("timestamp", "rating", "row")
-                    if name in table.column_names
-                },
+                **{name: table[name].take(order) for name in ("timestamp", "rating") if name in table.column_names},
             }
         )
         del table, users, items
@@ -547,11 +543,16 @@ def _scatter(spills: list[Path], partitions: _Partitions, user_ids: pa.Array, it
         writer.close()
 
 
+def _read_stream(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
 def _count_remaining_duplicates(partitions: _Partitions, start: int) -> int:
     """Exact duplicates in the user ranges from ``start`` on (for the message refusing them: the total)."""
     total = 0
     for index in range(start, len(partitions)):
-        table = pa.ipc.open_stream(pa.OSFile(str(partitions.folder / f"{index:05d}.arrows"))).read_all()
+        table = _read_stream(partitions.folder / f"{index:05d}.arrows")
         users, items, timestamps = (table[name].to_numpy() for name in ("user", "item", "timestamp"))
         order = _stable_order(users, timestamps)
         total += int(_duplicate_policy(users[order], items[order], timestamps[order], "keep", 1)[1].sum())
