@@ -94,38 +94,53 @@ class StreamingBudget:
 
 
 class _DistinctIds:
-    """Distinct raw ids with their counts, merged chunk by chunk (int64 ids, or strings once any chunk has them)."""
+    """Distinct raw ids with their counts, merged chunk by chunk.
+
+    Integer ids are kept as sorted numpy arrays that each chunk's distinct ids are merged into (transient memory:
+    about twice the arrays); once a chunk has string ids, all are kept as strings (``str`` of an integer id is its
+    text) and merged with pyarrow's hash aggregation a few chunks at a time.
+    """
 
     def __init__(self):
-        self._merged: pa.Table | None = None
+        self.ids = np.zeros(0, dtype=np.int64)  # sorted, while all ids are integers
+        self.counts = np.zeros(0, dtype=np.int64)
+        self._text: pa.Table | None = None  # once any id is a string: columns id, count (not sorted)
         self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self.is_text = False
 
-    def add(self, values: pa.Array) -> None:
-        counted = pc.value_counts(values)
-        table = pa.table({"id": counted.field("values"), "count": counted.field("counts")})
-        self.is_text |= pa.types.is_string(table["id"].type) or pa.types.is_large_string(table["id"].type)
-        self._pending.append(table)
-        self._pending_rows += len(table)
-        if self._pending_rows > max(2**20, len(self._merged or ())):  # amortised: each id merged O(log) times
-            self._merge()
+    def add(self, values: pa.ChunkedArray) -> None:
+        if self._text is None and not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            ids, counts = np.unique(values.to_numpy(), return_counts=True)
+            self._merge_sorted(ids, counts)
+            return
+        if self._text is None:  # the first string ids: the integers so far become text
+            self._text = pa.table({"id": pa.array(self.ids).cast(pa.string()), "count": self.counts})
+            self.ids, self.counts = self.ids[:0], self.counts[:0]
+        counted = pc.value_counts(values.cast(pa.string()))
+        self._pending.append(pa.table({"id": counted.field("values"), "count": counted.field("counts")}))
+        if sum(len(table) for table in self._pending) > max(2**21, len(self._text) // 4):
+            self._merge_text()
 
-    def _merge(self) -> None:
-        tables = ([self._merged] if self._merged is not None else []) + self._pending
-        kind = pa.string() if self.is_text else pa.int64()
-        tables = [table.set_column(0, "id", table["id"].cast(kind)) for table in tables]
-        merged = pa.concat_tables(tables).group_by("id").aggregate([("count", "sum")])
-        self._merged = merged.select(["id", "count_sum"]).rename_columns(["id", "count"])
-        self._pending, self._pending_rows = [], 0
+    def _merge_sorted(self, ids: np.ndarray, counts: np.ndarray) -> None:
+        at = np.searchsorted(self.ids, ids)
+        known = at < len(self.ids)
+        known[known] = self.ids[at[known]] == ids[known]
+        np.add.at(self.counts, at[known], counts[known])
+        self.ids = np.insert(self.ids, at[~known], ids[~known])
+        self.counts = np.insert(self.counts, at[~known], counts[~known])
+
+    def _merge_text(self) -> None:
+        merged = pa.concat_tables([self._text, *self._pending]).group_by("id").aggregate([("count", "sum")])
+        self._text = merged.select(["id", "count_sum"]).rename_columns(["id", "count"])
+        self._pending = []
 
     def sorted(self) -> tuple[pa.Array, np.ndarray]:
         """(ids in vocabulary order: numeric for integers, code-point order for strings; their counts)."""
-        self._merge()
-        order = pc.sort_indices(self._merged["id"])
-        ids = self._merged["id"].take(order).combine_chunks()
-        counts = self._merged["count"].take(order).to_numpy()
-        self._merged = None
+        if self._text is None:
+            return pa.array(self.ids), self.counts
+        self._merge_text()
+        order = pc.sort_indices(self._text["id"])
+        ids, counts = self._text["id"].take(order).combine_chunks(), self._text["count"].take(order).to_numpy()
+        self._text = None
         return ids, counts
 
 
