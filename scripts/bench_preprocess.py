@@ -77,7 +77,7 @@ def _run_preprocess(args: BenchArguments, log_path: str, output_dir: str, config
             chunks, output_dir, config, dataset, memory_budget_mb=args.memory_budget_mb, timings=timings
         )
     total = time.perf_counter() - start
-    results.put({"preprocess_s": round(total, 2), "phases_s": timings, **{k: data.metadata[k] for k in _COUNTS}})
+    results.put({"preprocess_s": round(total, 2), "phases": timings, **{k: data.metadata[k] for k in _COUNTS}})
 
 
 def main() -> None:

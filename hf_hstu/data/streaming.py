@@ -184,16 +184,17 @@ class _Partitions:
 
 
 class _Clock:
-    """Seconds between laps, written to ``timings`` (when given) under each lap's name."""
+    """Seconds between laps and the peak RSS so far, written to ``timings`` (when given) under each lap's name."""
 
     def __init__(self, timings: dict[str, float] | None):
         self.timings, self.last = timings, time.perf_counter()
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[name] = round(now - self.last, 3)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.timings is not None:
+            self.timings[f"{name}_s"] = round(now - self.last, 3)
+            self.timings[f"{name}_peak_rss_mb"] = round(peak_mb)  # the process's peak so far
         logger.info("streaming preprocessing: %s in %.1f s (peak RSS so far %.0f MB)", name, now - self.last, peak_mb)
         self.last = now
 
@@ -318,7 +319,8 @@ def build_sequences_streaming(
     :class:`~hf_hstu.data.sources.InteractionChunks`) in bounded memory and save them to ``output_dir`` (atomically,
     as :meth:`SequenceData.save` does); the returned dataset is read back from there, memory-mapped.
 
-    ``timings``, when given, receives the seconds of each pass (read, partition, filter, write) for benchmarks.
+    ``timings``, when given, receives the seconds of each pass (read, partition, filter, write) and the peak RSS at
+    its end, for benchmarks.
     """
     config = config or PreprocessingConfig()
     budget = StreamingBudget.from_megabytes(memory_budget_mb)
