@@ -19,6 +19,7 @@ from hf_hstu.data import (
     ModifiedSourceWarning,
     PreprocessingConfig,
     StreamingBudget,
+    UserVocabulary,
     build_sequences_streaming,
     load_sequences,
     preprocess,
@@ -249,3 +250,11 @@ def test_a_bad_parquet_row_in_a_later_chunk_is_named_as_in_memory(tmp_path):
         list(InteractionChunks("csv", raw_path=tmp_path / "log.parquet", chunk_bytes=4096))  # 128 rows a chunk
     assert str(streamed.value) == str(in_memory.value)
     assert "row 700: timestamp '-5' is negative" in str(streamed.value)
+
+
+@pytest.mark.parametrize("raw_ids", [[], [7], list(range(3, 300_000, 2)), ['a"b', "é", "x"]], ids=len)
+def test_vocabulary_file_is_the_json_of_its_record(tmp_path, raw_ids):
+    vocabulary = UserVocabulary(np.asarray(raw_ids, dtype=np.int64) if raw_ids and raw_ids[0] == 3 else raw_ids)
+    path = vocabulary.save(tmp_path)  # written in slices
+    assert path.read_text(encoding="utf-8") == json.dumps(vocabulary.to_dict())
+    assert UserVocabulary.load(tmp_path) == vocabulary
