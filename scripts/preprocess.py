@@ -9,6 +9,12 @@ Examples::
     python scripts/preprocess.py --dataset synthetic --output data/synthetic --push-to-hub org/synthetic-sequences
     python scripts/preprocess.py --dataset csv --raw-path clicks.csv --timestamp_unit ms --duplicates drop \\
         --output data/clicks
+    python scripts/preprocess.py --dataset amazon-books --raw-dir ~/raw/amazon --memory_budget_mb 1024 \\
+        --output data/amazon-books
+
+--memory_budget_mb streams a log that does not fit in memory: chunked reading, an external sort and splits written
+shard by shard, with peak memory following the budget (plus about 0.6 GB of libraries and ~50 bytes per user and
+item) instead of the data; the output is the same.
 
 Timestamps must be whole unix seconds unless --timestamp_unit says how to convert them (a fraction of a second, or
 milliseconds, is an error naming the file, line and column). Exact duplicate rows are kept and counted by default
@@ -71,6 +77,13 @@ class OutputArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output folder."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo id to push the result to."})
     private: bool | None = field(default=None, metadata={"help": "Make the pushed repo private."})
+    memory_budget_mb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stream in bounded memory (chunked reading, external sort, sharded output) with this budget for "
+            "the per-event data; unset: in memory. Needs --output."
+        },
+    )
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -102,6 +115,7 @@ def main() -> None:
         overwrite=output.overwrite,
         push_to_hub=output.push_to_hub,
         private=output.private,
+        memory_budget_mb=output.memory_budget_mb,
     )
     keys = ("num_users", "num_items", "num_interactions", "num_rows", "exact_duplicates", "source_verified")
     summary = {key: data.metadata[key] for key in keys if key in data.metadata}

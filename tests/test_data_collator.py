@@ -100,3 +100,59 @@ def test_training_rows_keep_the_training_window_and_evaluation_rows_max_seq_len(
     assert SequenceCollator(max_seq_len=2)(ROWS)["input_ids"].shape == (3, 2)  # the window defaults to max_seq_len
     with pytest.raises(ValueError, match="training_window must be >= max_seq_len"):
         SequenceCollator(max_seq_len=3, training_window=2)
+
+
+# sample_ratio: the HSTU reference code's sampling of long histories.
+
+LONG = {
+    "user_id": 7,
+    "item_ids": list(range(1, 101)),
+    "timestamps": list(range(1000, 1100)),
+    "ratings": [i % 5 + 1 for i in range(100)],
+}
+
+
+def test_sample_ratio_keeps_an_in_order_subsequence_with_aligned_fields():
+    batch = SequenceCollator(max_seq_len=200, sample_ratio=0.3, seed=1)([LONG])
+    items, timestamps, ratings = (
+        batch[name][0][batch["attention_mask"][0].bool()] for name in ("input_ids", "timestamps", "ratings")
+    )
+    assert 15 <= len(items) <= 45  # ~30 of 100
+    assert torch.all(items[1:] > items[:-1])  # in order, no repeats
+    assert torch.equal(timestamps, items + 999) and torch.equal(ratings, (items - 1) % 5 + 1)  # same events
+
+
+def test_sample_ratio_is_per_user_and_epoch_whatever_the_batch():
+    collator = SequenceCollator(max_seq_len=200, sample_ratio=0.5, seed=3)
+    other = {**LONG, "user_id": 8}
+    alone = collator([LONG])["input_ids"][0]
+    in_batch = collator([other, LONG])
+    assert torch.equal(in_batch["input_ids"][1][: len(alone)], alone)
+    assert not torch.equal(in_batch["input_ids"][0][: len(alone)], alone)  # another user, another sample
+    assert torch.equal(pickle.loads(pickle.dumps(collator))([LONG])["input_ids"][0], alone)
+    collator.set_epoch(1)
+    assert not torch.equal(collator([LONG])["input_ids"][0][: len(alone)], alone)  # a new sample each epoch
+    collator.set_epoch(0)
+    assert torch.equal(collator([LONG])["input_ids"][0], alone)
+    assert not torch.equal(SequenceCollator(200, sample_ratio=0.5, seed=4)([LONG])["input_ids"][0][: len(alone)], alone)
+
+
+def test_sample_ratio_samples_before_truncating_and_keeps_at_least_one_event():
+    sampled = SequenceCollator(max_seq_len=200, sample_ratio=0.5, seed=0)([LONG])["input_ids"][0]
+    sampled = sampled[sampled > 0]
+    truncated = SequenceCollator(max_seq_len=5, sample_ratio=0.5, seed=0)([LONG])["input_ids"][0]
+    assert torch.equal(truncated, sampled[-5:])
+    rare = SequenceCollator(max_seq_len=200, sample_ratio=1e-9)([LONG, {**ROWS[0], "user_id": 2}])
+    assert torch.equal(rare["input_ids"], tensor([[100], [7]]))  # nothing drawn: the last event stays
+    whole = SequenceCollator(max_seq_len=200, sample_ratio=1.0)([LONG])
+    assert torch.equal(whole["input_ids"][0], torch.arange(1, 101))
+
+
+def test_sample_ratio_checks():
+    with pytest.raises(ValueError, match="sample_ratio must be in"):
+        SequenceCollator(max_seq_len=4, sample_ratio=0.0)
+    with pytest.raises(ValueError, match="sample_ratio must be in"):
+        SequenceCollator(max_seq_len=4, sample_ratio=1.5)
+    with pytest.raises(KeyError, match="user_id"):
+        SequenceCollator(max_seq_len=4, sample_ratio=0.5)([{"item_ids": [1, 2], "timestamps": [1, 2]}])
+    assert "sample_ratio=0.5, seed=2" in repr(SequenceCollator(max_seq_len=4, sample_ratio=0.5, seed=2))

@@ -41,6 +41,7 @@ from .sources import (
     AMAZON_CATEGORIES,
     MOVIELENS_RATINGS_FILES,
     FieldRules,
+    InteractionChunks,
     MalformedInputError,
     default_filters,
     load_raw_interactions,
@@ -50,7 +51,8 @@ from .sources import (
     read_interactions,
     read_movielens,
 )
-from .synthetic import make_synthetic_interactions
+from .streaming import StreamingBudget, build_sequences_streaming
+from .synthetic import make_synthetic_interactions, write_ratings_log
 from .vocabulary import ItemVocabulary, UserVocabulary, Vocabulary
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "ChecksumError",
     "DatasetNotAvailableError",
     "FieldRules",
+    "InteractionChunks",
     "ItemVocabulary",
     "MalformedInputError",
     "ModifiedSourceWarning",
@@ -72,10 +75,12 @@ __all__ = [
     "SequenceCollator",
     "SequenceData",
     "SourceCheck",
+    "StreamingBudget",
     "UnsafeArchiveError",
     "UserVocabulary",
     "Vocabulary",
     "build_sequences",
+    "build_sequences_streaming",
     "check_official_file",
     "default_cache_dir",
     "default_filters",
@@ -92,4 +97,5 @@ __all__ = [
     "read_movielens",
     "safe_extract_zip",
     "verify_file",
+    "write_ratings_log",
 ]

@@ -35,7 +35,13 @@ class SequenceCollator:
     - ``target_ids``, ``target_timestamps`` (and ``target_ratings``): (B,) int64 when the rows have targets;
     - ``seq_offsets``: (B + 1,) int64 cumulative lengths, with ``return_jagged=True`` (for jagged kernels).
 
-    It holds no state beyond its arguments, so it is deterministic and can be pickled into DataLoader workers.
+    ``sample_ratio < 1`` samples long histories for training, as the HSTU reference code's ``sample_ratio``: each
+    event of a row is kept with this probability, in order (a row left with none keeps its last event), before the
+    truncation to ``max_seq_len``. The draw depends only on (``seed``, epoch, the row's ``user_id``): the same on
+    every process, DataLoader worker and batch composition, and new at each :meth:`set_epoch`.
+
+    Its only state is its arguments and the epoch, so it is deterministic and can be pickled into DataLoader workers
+    (set the epoch before iterating the loader: workers receive a copy when an epoch's iteration starts).
     """
 
     def __init__(
@@ -44,6 +50,8 @@ class SequenceCollator:
         padding_side: str = "right",
         return_jagged: bool = False,
         training_window: int | None = None,
+        sample_ratio: float = 1.0,
+        seed: int = 0,
     ):
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -51,16 +59,37 @@ class SequenceCollator:
             raise ValueError(f"training_window must be >= max_seq_len ({max_seq_len}), got {training_window}")
         if padding_side not in ("right", "left"):
             raise ValueError(f'padding_side must be "right" or "left", got {padding_side!r}')
+        if not 0 < sample_ratio <= 1:
+            raise ValueError(f"sample_ratio must be in (0, 1], got {sample_ratio}")
         self.max_seq_len = max_seq_len
         self.padding_side = padding_side
         self.return_jagged = return_jagged
         self.training_window = training_window or max_seq_len
+        self.sample_ratio = sample_ratio
+        self.seed = seed
+        self.epoch = 0
 
     def __repr__(self) -> str:
+        sampling = f", sample_ratio={self.sample_ratio}, seed={self.seed}" if self.sample_ratio < 1 else ""
         return (
             f"{type(self).__name__}(max_seq_len={self.max_seq_len}, padding_side={self.padding_side!r}, "
-            f"return_jagged={self.return_jagged}, training_window={self.training_window})"
+            f"return_jagged={self.return_jagged}, training_window={self.training_window}{sampling})"
         )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the ``sample_ratio`` samples of this epoch."""
+        self.epoch = epoch
+
+    def _kept(self, row: Mapping[str, Any]) -> np.ndarray | slice:
+        """Positions of the row's events that this epoch's sample keeps (all of them without sampling)."""
+        if self.sample_ratio >= 1:
+            return slice(None)
+        if row.get("user_id") is None:
+            raise KeyError("sample_ratio < 1 needs each row's 'user_id' (the sample is drawn per user and epoch)")
+        length = len(row["item_ids"])
+        draws = np.random.default_rng((self.seed, self.epoch, int(row["user_id"]))).random(length)
+        kept = np.flatnonzero(draws < self.sample_ratio)
+        return kept if len(kept) or length == 0 else np.array([length - 1])
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if len(rows) == 0:
@@ -68,19 +97,22 @@ class SequenceCollator:
         fields = [name for name in _SEQUENCE_FIELDS if name in rows[0]]
         if "item_ids" not in fields or "timestamps" not in fields:
             raise KeyError(f"rows need 'item_ids' and 'timestamps' lists, got keys {sorted(rows[0])}")
+        for name in fields[1:]:
+            for index, row in enumerate(rows):
+                if len(row[name]) != len(row["item_ids"]):
+                    raise ValueError(
+                        f"row {index}: {name} has {len(row[name])} values but item_ids has {len(row['item_ids'])}"
+                    )
+        kept = [self._kept(row) for row in rows]
         windows = [self.max_seq_len if row.get("target_item_id") is not None else self.training_window for row in rows]
         lists = {
-            name: [np.asarray(row[name], dtype=np.int64)[-window:] for row, window in zip(rows, windows, strict=True)]
+            name: [
+                np.asarray(row[name], dtype=np.int64)[keep][-window:]
+                for row, keep, window in zip(rows, kept, windows, strict=True)
+            ]
             for name in fields
         }
         lengths = np.array([len(sequence) for sequence in lists["item_ids"]], dtype=np.int64)
-        for name in fields[1:]:
-            for index, sequence in enumerate(lists[name]):
-                if len(sequence) != lengths[index]:
-                    raise ValueError(
-                        f"row {index}: {name} has {len(rows[index][name])} values but item_ids has "
-                        f"{len(rows[index]['item_ids'])}"
-                    )
         batch_size, width = len(rows), int(lengths.max())
         offsets = offsets_from_lengths(lengths)
         row_index = np.repeat(np.arange(batch_size), lengths)

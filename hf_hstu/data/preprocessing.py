@@ -28,6 +28,7 @@ in file order stays) or refused (``"error"``); ``"first"`` / ``"last"`` keep one
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -49,7 +51,15 @@ from datasets.table import InMemoryTable
 from ..progress import progress, quiet_library_progress_bars
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
-from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
+from .sources import (
+    Errors,
+    InteractionChunks,
+    PathLike,
+    TimestampUnit,
+    default_filters,
+    load_raw_interactions,
+    read_interactions,
+)
 from .vocabulary import ItemVocabulary, UserVocabulary
 
 logger = logging.getLogger(__name__)
@@ -164,13 +174,7 @@ class SequenceData:
             self.item_vocabulary.save(staging)
             self.user_vocabulary.save(staging)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
-            if output.exists():
-                retired = staging_dir_beside(output)
-                output.replace(retired)
-                staging.replace(output)
-                shutil.rmtree(retired)
-            else:
-                staging.replace(output)
+            _install(staging, output)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
@@ -205,6 +209,17 @@ class SequenceData:
                 )
 
 
+def _install(staging: Path, output: Path) -> None:
+    """Move the complete ``staging`` folder to ``output``, replacing a previous one only once it is in place."""
+    if output.exists():
+        retired = staging_dir_beside(output)
+        output.replace(retired)
+        staging.replace(output)
+        shutil.rmtree(retired)
+    else:
+        staging.replace(output)
+
+
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -232,6 +247,37 @@ def _exact_duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarr
         keys = {"user": users[candidates], "timestamp": timestamps[candidates], "item": items[candidates]}
         repeated[candidates] = pd.DataFrame(keys).duplicated().to_numpy()
     return repeated
+
+
+def _duplicate_policy(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, policy: str, num_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of the rows ``policy`` keeps, mask of the exact duplicates) of rows sorted by (user, time, position)."""
+    repeated = _exact_duplicates(users, items, timestamps)
+    if policy == "drop":
+        return ~repeated, repeated
+    if policy in ("first", "last"):
+        pairs = pd.Series(users.astype(np.int64) * num_items + items)
+        return ~pairs.duplicated(keep=policy).to_numpy(), repeated
+    return np.ones(len(users), dtype=bool), repeated
+
+
+def _refuse_duplicates(source: str, count: int, user: object, item: object, timestamp: int) -> None:
+    raise ValueError(
+        f"{source}: {count} exact duplicate rows (same user, item and timestamp as an earlier row), "
+        f"the first: user {user}, item {item}, timestamp {timestamp}. Pass duplicates='drop' (--duplicates drop) to "
+        "keep only the first of each, or 'keep' to keep them all"
+    )
+
+
+def _warn_kept_duplicates(source: str, count: int) -> None:
+    if count:
+        logger.warning(
+            "%s: kept %d exact duplicate rows (same user, item and timestamp as an earlier row); "
+            "duplicates='drop' (--duplicates drop) removes them, 'error' refuses them",
+            source,
+            count,
+        )
 
 
 def _k_core(users: np.ndarray, items: np.ndarray, k: int, num_users: int, num_items: int) -> np.ndarray:
@@ -277,6 +323,7 @@ def _split_table(
     history_lengths: np.ndarray,
     with_target: bool,
     history: dict[str, pa.Array] | None = None,
+    first_user: int = 0,
 ) -> tuple[pa.Table, dict[str, pa.Array]]:
     """Rows for ``users`` (0-based): their first ``history_lengths`` events as lists, and the next event as target.
 
@@ -284,6 +331,7 @@ def _split_table(
         events: flat per-event arrays sorted by (user, time): item_ids, timestamps[, ratings].
         offsets: (num_users + 1,) start of each user's events in ``events``.
         history: list arrays already built for the same users and lengths (shared instead of rebuilt).
+        first_user: added to ``users`` for their ``user_id`` (``users`` index ``offsets``).
     """
     if history is None:
         positions = concat_ranges(offsets[users], history_lengths)
@@ -291,12 +339,84 @@ def _split_table(
         list_type = pa.ListArray if list_offsets[-1] < 2**31 else pa.LargeListArray  # int32 offsets when they fit
         list_offsets = pa.array(list_offsets.astype(np.int32 if list_type is pa.ListArray else np.int64))
         history = {name: list_type.from_arrays(list_offsets, values[positions]) for name, values in events.items()}
-    columns = {"user_id": pa.array(users.astype(np.int64) + 1), **history}
+    columns = {"user_id": pa.array(users.astype(np.int64) + 1 + first_user), **history}
     if with_target:
         targets = offsets[users] + history_lengths
         singular = {"item_ids": "target_item_id", "timestamps": "target_timestamp", "ratings": "target_rating"}
         columns.update({singular[name]: pa.array(values[targets]) for name, values in events.items()})
     return pa.table(columns), history
+
+
+def _temporal_cutoffs(config: PreprocessingConfig, cutoff: Callable[[float], int]) -> dict[str, int | None]:
+    """The temporal split's ``validation_start`` and ``test_start``: given, or ``cutoff(fraction_after)``."""
+    test_start = config.test_start if config.test_start is not None else cutoff(config.test_fraction)
+    validation_start = config.validation_start
+    if validation_start is None and config.validation_fraction > 0 and config.test_start is None:
+        validation_start = cutoff(config.test_fraction + config.validation_fraction)
+    if validation_start is not None and validation_start > test_start:
+        raise ValueError(f"validation_start {validation_start} is after test_start {test_start}")
+    return {"validation_start": validation_start, "test_start": test_start}
+
+
+def _split_tables(
+    events: dict[str, np.ndarray],
+    user_codes: np.ndarray,
+    num_users: int,
+    split: str,
+    cutoffs: dict[str, int | None],
+    first_user: int = 0,
+) -> dict[str, pa.Table]:
+    """The split tables of users ``first_user .. first_user + num_users - 1`` (0-based) whose events are
+    ``events``, sorted by (user, time); ``user_codes`` holds each event's user minus ``first_user``."""
+    lengths = np.bincount(user_codes, minlength=num_users)
+    offsets = offsets_from_lengths(lengths)
+    all_users = np.arange(num_users)
+    rows = functools.partial(_split_table, events, offsets, first_user=first_user)
+    if split == "leave_one_out":
+        train, history = rows(all_users, lengths - 2, with_target=False)
+        validation, _ = rows(all_users, lengths - 2, with_target=True, history=history)
+        test, _ = rows(all_users, lengths - 1, with_target=True)
+        return {"train": train, "validation": validation, "test": test}
+    if split == "paper":
+        train, history = rows(all_users, lengths - 1, with_target=False)
+        test, _ = rows(all_users, lengths - 1, with_target=True, history=history)
+        return {"train": train, "test": test}
+    timestamps = events["timestamps"]
+    test_start, validation_start = cutoffs["test_start"], cutoffs["validation_start"]
+    tables = {}
+    before_test = np.bincount(user_codes[timestamps < test_start], minlength=num_users)
+    train_end = before_test
+    if validation_start is not None:
+        before_validation = np.bincount(user_codes[timestamps < validation_start], minlength=num_users)
+        train_end = before_validation
+        has_target = before_validation < lengths
+        first_after = np.where(has_target, offsets[:-1] + before_validation, 0)
+        has_target &= timestamps[first_after] < test_start
+        users = np.flatnonzero((before_validation > 0) & has_target)
+        tables["validation"] = rows(users, before_validation[users], with_target=True)[0]
+    users = np.flatnonzero(train_end > 0)
+    tables["train"] = rows(users, train_end[users], with_target=False)[0]
+    users = np.flatnonzero((before_test > 0) & (before_test < lengths))
+    tables["test"] = rows(users, before_test[users], with_target=True)[0]
+    return {name: tables[name] for name in ("train", "validation", "test") if name in tables}
+
+
+def _check_splits(dataset_name: str, config: PreprocessingConfig, cutoffs: dict, num_rows: dict[str, int]) -> None:
+    empty = [name for name, rows in num_rows.items() if rows == 0]
+    if empty:
+        raise ValueError(f"{dataset_name}: split {empty[0]!r} is empty with split={config.split!r} {cutoffs}")
+
+
+def _metadata(dataset_name: str, source: str, config: PreprocessingConfig, *, source_check: dict, **counts) -> dict:
+    """The record of a preprocessing run (``preprocessing.json``, and each split's description)."""
+    return {
+        "dataset": dataset_name,
+        "source": source,
+        "split": config.split,
+        "config": asdict(config),
+        **counts,  # num_users, num_items, num_interactions, num_rows, ..., exact_duplicates (in this order)
+        **source_check,  # official datasets: source_verified, source_modified, source_rows, official_rows, ...
+    }
 
 
 def build_sequences(
@@ -344,33 +464,17 @@ def build_sequences(
     ratings = ratings[order] if has_ratings else None
     del order
 
-    repeated = _exact_duplicates(user_codes, item_codes, timestamps)
+    keep, repeated = _duplicate_policy(user_codes, item_codes, timestamps, config.duplicates, num_items)
     exact_duplicates = int(repeated.sum())
     if exact_duplicates and config.duplicates == "error":
         row = int(np.argmax(repeated))
-        raise ValueError(
-            f"{source}: {exact_duplicates} exact duplicate rows (same user, item and timestamp as an earlier row), "
-            f"the first: user {user_ids[user_codes[row]]}, item {item_ids[item_codes[row]]}, timestamp "
-            f"{timestamps[row]}. Pass duplicates='drop' (--duplicates drop) to keep only the first of each, or "
-            "'keep' to keep them all"
+        _refuse_duplicates(
+            source, exact_duplicates, user_ids[user_codes[row]], item_ids[item_codes[row]], timestamps[row]
         )
-    if config.duplicates == "drop":
-        keep = ~repeated
-    elif config.duplicates in ("first", "last"):
-        pairs = pd.Series(user_codes.astype(np.int64) * num_items + item_codes)
-        keep = ~pairs.duplicated(keep=config.duplicates).to_numpy()
-        del pairs
-    else:
-        keep = np.ones(len(user_codes), dtype=bool)
-        if exact_duplicates:
-            logger.warning(
-                "%s: kept %d exact duplicate rows (same user, item and timestamp as an earlier row); "
-                "duplicates='drop' (--duplicates drop) removes them, 'error' refuses them",
-                source,
-                exact_duplicates,
-            )
     del repeated
-    if config.duplicates != "keep":
+    if config.duplicates == "keep":
+        _warn_kept_duplicates(source, exact_duplicates)
+    else:
         dropped["duplicates"] = int((~keep).sum())
     for name, rule in (("paper_filter", _paper_filter), ("k_core", _k_core)):
         k = getattr(config, name)
@@ -385,11 +489,7 @@ def build_sequences(
     dropped["short_sequences"] = int(short.sum())
     keep &= ~short
     if not keep.any():
-        raise ValueError(
-            f"{dataset_name}: no interactions left after filtering {num_raw} rows "
-            f"(filters: {_filter_summary(config)}; users need >= {min_events} events for split={config.split!r}); "
-            f"dropped: {dropped}"
-        )
+        _nothing_left(dataset_name, num_raw, config, dropped)
     if not keep.all():
         user_codes, item_codes, timestamps = user_codes[keep], item_codes[keep], timestamps[keep]
         ratings = ratings[keep] if has_ratings else None
@@ -409,66 +509,30 @@ def build_sequences(
         rating_step = _rating_step(ratings)
         events["ratings"] = np.rint(ratings / rating_step).astype(np.int64)
         del ratings
-    lengths = np.bincount(user_codes, minlength=num_users)
-    offsets = offsets_from_lengths(lengths)
-    all_users = np.arange(num_users)
     cutoffs = {}
-    if config.split == "leave_one_out":
-        train, history = _split_table(events, offsets, all_users, lengths - 2, with_target=False)
-        validation, _ = _split_table(events, offsets, all_users, lengths - 2, with_target=True, history=history)
-        test, _ = _split_table(events, offsets, all_users, lengths - 1, with_target=True)
-        tables = {"train": train, "validation": validation, "test": test}
-    elif config.split == "paper":
-        train, history = _split_table(events, offsets, all_users, lengths - 1, with_target=False)
-        test, _ = _split_table(events, offsets, all_users, lengths - 1, with_target=True, history=history)
-        tables = {"train": train, "test": test}
-    else:
-        test_start = config.test_start if config.test_start is not None else _cutoff(timestamps, config.test_fraction)
-        validation_start = config.validation_start
-        if validation_start is None and config.validation_fraction > 0 and config.test_start is None:
-            validation_start = _cutoff(timestamps, config.test_fraction + config.validation_fraction)
-        if validation_start is not None and validation_start > test_start:
-            raise ValueError(f"validation_start {validation_start} is after test_start {test_start}")
-        cutoffs = {"validation_start": validation_start, "test_start": test_start}
-        tables = {}
-        before_test = np.bincount(user_codes[timestamps < test_start], minlength=num_users)
-        train_end = before_test
-        if validation_start is not None:
-            before_validation = np.bincount(user_codes[timestamps < validation_start], minlength=num_users)
-            train_end = before_validation
-            has_target = before_validation < lengths
-            first_after = np.where(has_target, offsets[:-1] + before_validation, 0)
-            has_target &= timestamps[first_after] < test_start
-            users = np.flatnonzero((before_validation > 0) & has_target)
-            tables["validation"] = _split_table(events, offsets, users, before_validation[users], with_target=True)[0]
-        users = np.flatnonzero(train_end > 0)
-        tables["train"] = _split_table(events, offsets, users, train_end[users], with_target=False)[0]
-        users = np.flatnonzero((before_test > 0) & (before_test < lengths))
-        tables["test"] = _split_table(events, offsets, users, before_test[users], with_target=True)[0]
-        tables = {name: tables[name] for name in ("train", "validation", "test") if name in tables}
-    empty = [name for name, table in tables.items() if table.num_rows == 0]
-    if empty:
-        raise ValueError(f"{dataset_name}: split {empty[0]!r} is empty with split={config.split!r} {cutoffs}")
+    if config.split == "temporal":
+        cutoffs = _temporal_cutoffs(config, lambda fraction_after: _cutoff(timestamps, fraction_after))
+    tables = _split_tables(events, user_codes, num_users, config.split, cutoffs)
+    _check_splits(dataset_name, config, cutoffs, {name: table.num_rows for name, table in tables.items()})
 
-    metadata = {
-        "dataset": dataset_name,
-        "source": source,
-        "split": config.split,
-        "config": asdict(config),
-        "num_users": num_users,
-        "num_items": num_items,
-        "num_interactions": len(timestamps),
-        "num_rows": {name: table.num_rows for name, table in tables.items()},
-        "has_ratings": has_ratings,
-        "rating_step": rating_step,
-        "timestamp_range": [int(timestamps.min()), int(timestamps.max())],
-        "cutoffs": cutoffs,
-        "raw_interactions": num_raw,
-        "dropped": dropped,
-        "skipped_rows": skipped_rows,
-        "exact_duplicates": exact_duplicates,
-        **source_check,  # official datasets: source_verified, source_modified, source_rows, official_rows, ...
-    }
+    metadata = _metadata(
+        dataset_name,
+        source,
+        config,
+        num_users=num_users,
+        num_items=num_items,
+        num_interactions=len(timestamps),
+        num_rows={name: table.num_rows for name, table in tables.items()},
+        has_ratings=has_ratings,
+        rating_step=rating_step,
+        timestamp_range=[int(timestamps.min()), int(timestamps.max())],
+        cutoffs=cutoffs,
+        raw_interactions=num_raw,
+        dropped=dropped,
+        skipped_rows=skipped_rows,
+        exact_duplicates=exact_duplicates,
+        source_check=source_check,
+    )
     description = json.dumps(metadata)
     dataset = datasets.DatasetDict(
         {name: _in_memory_dataset(table, name, description) for name, table in tables.items()}
@@ -481,14 +545,23 @@ def _in_memory_dataset(table: pa.Table, split: str, description: str) -> dataset
         InMemoryTable(table),
         info=datasets.DatasetInfo(description=description),
         split=datasets.NamedSplit(split),
-        # given, so that datasets does not hash the whole in-memory table to make one
-        fingerprint=hashlib.sha256(f"{split}:{description}:{table.schema}".encode()).hexdigest()[:16],
+        fingerprint=_fingerprint(split, description, table.schema),
     )
 
 
-def _filter_summary(config: PreprocessingConfig) -> str:
-    names = ("min_rating", "duplicates", "k_core", "paper_filter")
-    return ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
+def _fingerprint(split: str, description: str, schema: pa.Schema) -> str:
+    """A split's datasets fingerprint from its description and schema (so that datasets hashes no table)."""
+    return hashlib.sha256(f"{split}:{description}:{schema}".encode()).hexdigest()[:16]
+
+
+def _nothing_left(dataset_name: str, num_raw: int, config: PreprocessingConfig, dropped: dict) -> None:
+    filters = ", ".join(
+        f"{name}={getattr(config, name)!r}" for name in ("min_rating", "duplicates", "k_core", "paper_filter")
+    )
+    raise ValueError(
+        f"{dataset_name}: no interactions left after filtering {num_raw} rows (filters: {filters}; users need >= "
+        f"{_MIN_EVENTS[config.split]} events for split={config.split!r}); dropped: {dropped}"
+    )
 
 
 def preprocess(
@@ -510,6 +583,7 @@ def preprocess(
     overwrite: bool = False,
     push_to_hub: str | None = None,
     private: bool | None = None,
+    memory_budget_mb: float | None = None,
 ) -> SequenceData:
     """Load a dataset (see :func:`~hf_hstu.data.sources.load_raw_interactions`), build its sequences, and save them
     to ``output_dir`` (atomically) and/or push them to the Hub dataset repo ``push_to_hub``.
@@ -521,27 +595,49 @@ def preprocess(
         timestamp_unit: unit of numeric timestamps: None (default) for whole unix seconds (a fraction of a second,
             or a value after the year 5000, is then an error naming file, line and column), or ``"s"``, ``"ms"``,
             ``"us"`` to convert them (floored to the second).
+        memory_budget_mb: stream instead of loading everything: read in chunks, sort externally and write the
+            splits shard by shard, with peak memory following this budget rather than the data (see
+            :mod:`hf_hstu.data.streaming`; needs ``output_dir``). None: in memory.
     """
     if output_dir is not None:
         _check_output(Path(output_dir), overwrite)
     config = config or PreprocessingConfig()
     config = replace(config, **{k: v for k, v in default_filters(dataset).items() if getattr(config, k) is None})
+    reading = dict(
+        raw_dir=raw_dir,
+        raw_path=raw_path,
+        cache_dir=cache_dir,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        rating_col=rating_col,
+        delimiter=delimiter,
+        errors=errors,
+        timestamp_unit=timestamp_unit,
+    )
+    if memory_budget_mb is not None:
+        from .streaming import StreamingBudget, build_sequences_streaming  # built on this module's helpers
+
+        if output_dir is None:
+            raise ValueError("streaming preprocessing (memory_budget_mb) writes its result to output_dir: pass one")
+        chunks = InteractionChunks(
+            dataset, **reading, chunk_bytes=StreamingBudget.from_megabytes(memory_budget_mb).chunk_bytes
+        )
+        data = build_sequences_streaming(
+            chunks,
+            output_dir,
+            config,
+            dataset,
+            memory_budget_mb=memory_budget_mb,
+            save_format=save_format,
+            overwrite=overwrite,
+        )
+        if push_to_hub:
+            data.push_to_hub(push_to_hub, private=private)
+        logger.info("%s: %s", dataset, {k: data.metadata[k] for k in ("num_users", "num_items", "num_interactions")})
+        return data
     with progress(total=3, desc=f"{dataset}: parse", unit="step") as phases:
-        interactions = [  # a list, so that build_sequences holds the only reference and can free the frame
-            load_raw_interactions(
-                dataset,
-                raw_dir=raw_dir,
-                raw_path=raw_path,
-                cache_dir=cache_dir,
-                user_col=user_col,
-                item_col=item_col,
-                time_col=time_col,
-                rating_col=rating_col,
-                delimiter=delimiter,
-                errors=errors,
-                timestamp_unit=timestamp_unit,
-            )
-        ]
+        interactions = [load_raw_interactions(dataset, **reading)]  # a list: build_sequences can free the frame
         phases.update()
         phases.set_description(f"{dataset}: sort, filter, group")
         data = build_sequences(interactions.pop(), config, dataset_name=dataset)

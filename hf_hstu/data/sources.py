@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -164,7 +164,12 @@ def _integers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if _is_text(series):
         text = series.astype("string").str.strip()
         valid = text.str.fullmatch(r"[+-]?[0-9]+").to_numpy(dtype=bool, na_value=False)
-        values = pd.to_numeric(text.where(valid, "0")).to_numpy(dtype=np.int64)
+        digits = text.where(valid, "0")
+        try:  # pyarrow's parse is ~10x faster than pandas'; it refuses a leading "+" and values beyond int64
+            values = pc.cast(pc.replace_substring_regex(pa.array(digits, pa.string()), r"^\+", ""), pa.int64())
+            values = values.to_numpy()
+        except pa.ArrowInvalid:
+            values = pd.to_numeric(digits).to_numpy(dtype=np.int64)
         return values, ~valid & ~_missing(series)
     numbers, _ = _numbers(series)
     whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
@@ -242,6 +247,7 @@ def _validate(
     extra: Sequence[_Problem] = (),
     timestamp_unit: TimestampUnit | None = None,
     columns: Mapping[str, str] | None = None,
+    row_offset: int = 0,
 ) -> pd.DataFrame:
     """Check and convert ``raw`` (columns user_id, item_id, timestamp[, rating]) into the normalised frame.
 
@@ -251,6 +257,7 @@ def _validate(
         extra: problems found by the caller (e.g. wrong separators).
         timestamp_unit: unit of numeric timestamps (None: whole unix seconds).
         columns: normalised column -> the source's column name, for messages (default: the same name).
+        row_offset: position of ``raw``'s first row in its table, for messages naming rows (a chunk of a table).
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
@@ -330,7 +337,7 @@ def _validate(
         )
 
     def position(row: int) -> int:
-        return line_of(row) if line_of is not None else row
+        return line_of(row) if line_of is not None else row + row_offset
 
     keep = np.ones(len(raw), dtype=bool)
     skipped: dict[str, int] = {}
@@ -340,7 +347,7 @@ def _validate(
             hits = np.flatnonzero(problem.mask)
             if len(hits):
                 row = int(hits[0])
-                label = f"line {line_of(row)}" if line_of is not None else f"row {row}"
+                label = f"line {line_of(row)}" if line_of is not None else f"row {row + row_offset}"
                 found.append((position(row), f"{label}: {problem.describe(row)}"))
         if found:
             first = min(range(len(found)), key=lambda index: (found[index][0], index))  # ties: in check order
@@ -377,6 +384,27 @@ def _require_content(path: Path) -> None:
             raise MalformedInputError(f"{path}: the file is empty (no header, no rows)")
 
 
+def _delimited_parse_options(
+    path: Path, delimiter: str, fields: dict[str, str], names: list[str] | None, unparsed: list[pa_csv.InvalidRow]
+) -> pa_csv.ParseOptions:
+    """Parse options that append the lines the parser cannot split to ``unparsed``; checks that ``path`` has content
+    and, when it has a header line (``names`` None), the columns of ``fields``."""
+    _require_content(path)
+
+    def remember(row: pa_csv.InvalidRow) -> str:
+        unparsed.append(row)
+        return "skip"
+
+    parse_options = pa_csv.ParseOptions(
+        delimiter=delimiter, quote_char=False if names else '"', ignore_empty_lines=False, invalid_row_handler=remember
+    )
+    if names is None:
+        header = pa_csv.open_csv(path, parse_options=parse_options).schema.names
+        _require_columns(str(path), fields.values(), header, "the header has")
+        unparsed.clear()
+    return parse_options
+
+
 def _read_delimited(
     path: PathLike,
     *,
@@ -401,22 +429,10 @@ def _read_delimited(
         timestamp_unit: see :func:`_validate`.
     """
     path = Path(path)
-    _require_content(path)
     checks = {"timestamp_unit": timestamp_unit, "columns": fields}
     header_lines = 0 if names else 1
     unparsed: list[pa_csv.InvalidRow] = []
-
-    def remember(row: pa_csv.InvalidRow) -> str:
-        unparsed.append(row)
-        return "skip"
-
-    parse_options = pa_csv.ParseOptions(
-        delimiter=delimiter, quote_char=False if names else '"', ignore_empty_lines=False, invalid_row_handler=remember
-    )
-    if names is None:
-        header = pa_csv.open_csv(path, parse_options=parse_options).schema.names
-        _require_columns(str(path), fields.values(), header, "the header has")
-        unparsed.clear()
+    parse_options = _delimited_parse_options(path, delimiter, fields, names, unparsed)
     include = [*fields.values(), *separators]
     try:
         table = pa_csv.read_csv(
@@ -467,70 +483,65 @@ def _read_delimited(
     )
 
 
+def _movielens_format(version: str) -> dict:
+    """:func:`_read_delimited` arguments for the ratings file of a MovieLens release."""
+    if version == "ml-100k":
+        names = ["user_id", "item_id", "rating", "timestamp"]
+        return dict(
+            delimiter="\t",
+            names=names,
+            fields={name: name for name in names},
+            types=dict.fromkeys(names, pa.int64()),
+            rules=_MOVIELENS_RULES,
+            layout="user<TAB>item<TAB>rating<TAB>timestamp",
+        )
+    if version == "ml-1m":
+        names = ["user_id", "sep1", "item_id", "sep2", "rating", "sep3", "timestamp"]
+        return dict(
+            delimiter=":",
+            names=names,
+            fields={name: name for name in names if not name.startswith("sep")},
+            types={name: pa.string() if name.startswith("sep") else pa.int64() for name in names},
+            rules=_MOVIELENS_RULES,
+            layout="UserID::MovieID::Rating::Timestamp",
+            separators=["sep1", "sep2", "sep3"],
+        )
+    if version in ("ml-20m", "ml-latest-small"):
+        return dict(
+            delimiter=",",
+            fields={"user_id": "userId", "item_id": "movieId", "timestamp": "timestamp", "rating": "rating"},
+            types={"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()},
+            rules=_MOVIELENS_HALF_STAR_RULES,
+            layout="userId,movieId,rating,timestamp",
+        )
+    raise ValueError(f"Unknown MovieLens version {version!r}; known: {sorted(MOVIELENS_RATINGS_FILES)}")
+
+
 def read_movielens(
     path: PathLike, version: str, errors: Errors = "raise", *, timestamp_unit: TimestampUnit | None = None
 ) -> pd.DataFrame:
     """Read the ratings file of a MovieLens release: ``u.data`` (ml-100k, tab-separated), ``ratings.dat`` (ml-1m,
     ``::``-separated) or ``ratings.csv`` (ml-20m, ml-latest-small; half-star ratings). ``timestamp_unit``: see the
     module docstring (MovieLens files are in whole seconds)."""
-    if version == "ml-100k":
-        names = ["user_id", "item_id", "rating", "timestamp"]
-        return _read_delimited(
-            path,
-            delimiter="\t",
-            names=names,
-            fields={name: name for name in names},
-            types=dict.fromkeys(names, pa.int64()),
-            rules=_MOVIELENS_RULES,
-            errors=errors,
-            timestamp_unit=timestamp_unit,
-            layout="user<TAB>item<TAB>rating<TAB>timestamp",
-        )
-    if version == "ml-1m":
-        names = ["user_id", "sep1", "item_id", "sep2", "rating", "sep3", "timestamp"]
-        return _read_delimited(
-            path,
-            delimiter=":",
-            names=names,
-            fields={name: name for name in names if not name.startswith("sep")},
-            types={name: pa.string() if name.startswith("sep") else pa.int64() for name in names},
-            rules=_MOVIELENS_RULES,
-            errors=errors,
-            timestamp_unit=timestamp_unit,
-            layout="UserID::MovieID::Rating::Timestamp",
-            separators=["sep1", "sep2", "sep3"],
-        )
-    if version in ("ml-20m", "ml-latest-small"):
-        fields = {"user_id": "userId", "item_id": "movieId", "timestamp": "timestamp", "rating": "rating"}
-        return _read_delimited(
-            path,
-            delimiter=",",
-            fields=fields,
-            types={"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float64(), "timestamp": pa.int64()},
-            rules=_MOVIELENS_HALF_STAR_RULES,
-            errors=errors,
-            timestamp_unit=timestamp_unit,
-            layout="userId,movieId,rating,timestamp",
-        )
-    raise ValueError(f"Unknown MovieLens version {version!r}; known: {sorted(MOVIELENS_RATINGS_FILES)}")
+    return _read_delimited(path, **_movielens_format(version), errors=errors, timestamp_unit=timestamp_unit)
+
+
+_AMAZON_RATINGS_NAMES = ["user_id", "item_id", "rating", "timestamp"]
+_AMAZON_RATINGS_FORMAT = dict(
+    delimiter=",",
+    names=_AMAZON_RATINGS_NAMES,
+    fields={name: name for name in _AMAZON_RATINGS_NAMES},
+    types={"user_id": pa.string(), "item_id": pa.string(), "rating": pa.float64(), "timestamp": pa.int64()},
+    rules=_AMAZON_RULES,
+    layout="user,item,rating,timestamp",
+)
 
 
 def read_amazon_ratings(
     path: PathLike, errors: Errors = "raise", *, timestamp_unit: TimestampUnit | None = None
 ) -> pd.DataFrame:
     """Read an Amazon ratings-only CSV (``user,item,rating,timestamp``, no header), e.g. ``ratings_Books.csv``."""
-    names = ["user_id", "item_id", "rating", "timestamp"]
-    return _read_delimited(
-        path,
-        delimiter=",",
-        names=names,
-        fields={name: name for name in names},
-        types={"user_id": pa.string(), "item_id": pa.string(), "rating": pa.float64(), "timestamp": pa.int64()},
-        rules=_AMAZON_RULES,
-        errors=errors,
-        timestamp_unit=timestamp_unit,
-        layout="user,item,rating,timestamp",
-    )
+    return _read_delimited(path, **_AMAZON_RATINGS_FORMAT, errors=errors, timestamp_unit=timestamp_unit)
 
 
 _REVIEW_FIELDS = {"user_id": "reviewerID", "item_id": "asin", "timestamp": "unixReviewTime", "rating": "overall"}
@@ -687,20 +698,18 @@ def read_interactions(
         table = pq.read_table(path, columns=list(dict.fromkeys(fields.values())))
         raw = pd.DataFrame({name: table[column].to_pandas() for name, column in fields.items()})
         return _validate(raw, FieldRules(), str(path), errors, timestamp_unit=timestamp_unit, columns=fields)
+    return _read_delimited(path, **_table_format(path, fields, delimiter), errors=errors, timestamp_unit=timestamp_unit)
+
+
+def _table_format(path: Path, fields: dict[str, str], delimiter: str | None) -> dict:
+    """:func:`_read_delimited` arguments for a CSV/TSV file with a header (read with :func:`read_interactions`)."""
     if delimiter is None:
-        delimiter = "\t" if ".tsv" in suffixes else ","
-    types = {user_col: pa.string(), item_col: pa.string(), time_col: pa.int64()}
-    if rating_col:
-        types[rating_col] = pa.float64()
-    return _read_delimited(
-        path,
-        delimiter=delimiter,
-        fields=fields,
-        types=types,
-        rules=FieldRules(),
-        errors=errors,
-        timestamp_unit=timestamp_unit,
-        layout=delimiter.join(fields.values()),
+        delimiter = "\t" if ".tsv" in [suffix.lower() for suffix in path.suffixes] else ","
+    types = {fields["user_id"]: pa.string(), fields["item_id"]: pa.string(), fields["timestamp"]: pa.int64()}
+    if "rating" in fields:
+        types[fields["rating"]] = pa.float64()
+    return dict(
+        delimiter=delimiter, fields=fields, types=types, rules=FieldRules(), layout=delimiter.join(fields.values())
     )
 
 
@@ -709,8 +718,12 @@ def _check_official(frame: pd.DataFrame, path: PathLike, dataset: str, from_veri
     ``frame.attrs["source_check"]`` (then to ``preprocessing.json``), and a difference is a
     :class:`ModifiedSourceWarning`."""
     rows = len(frame) + sum(frame.attrs["skipped_rows"].values())  # every data row of the file, kept or not
+    frame.attrs["source_check"] = _official_check(rows, path, dataset, from_verified_archive)
+
+
+def _official_check(rows: int, path: PathLike, dataset: str, from_verified_archive: bool) -> dict:
+    """The ``source_check`` metadata of a MovieLens ratings file of ``rows`` data rows; warns when it differs."""
     check = check_official_file(path, OFFICIAL_RATINGS_FILES[dataset], rows, from_verified_archive)
-    frame.attrs["source_check"] = check.metadata()
     if check.modified:
         warnings.warn(
             f"{path} is not the official {dataset} {check.official.file_name}: {check.describe()}. Results on it are "
@@ -723,6 +736,7 @@ def _check_official(frame: pd.DataFrame, path: PathLike, dataset: str, from_veri
         logger.info(
             "%s: %d rows, as in the official %s; no checksum is known to verify its content", path, rows, dataset
         )
+    return check.metadata()
 
 
 def _find_file(directory: Path, candidates: Sequence[str], dataset: str, help_text: str) -> Path:
@@ -799,20 +813,31 @@ def load_raw_interactions(
             errors=errors,
             timestamp_unit=timestamp_unit,
         )
+    path, downloaded = _locate_file(dataset, raw_dir, raw_path, cache_dir)
+    if name in MOVIELENS_RATINGS_FILES:
+        frame = read_movielens(path, name, errors, timestamp_unit=timestamp_unit)
+        _check_official(frame, path, name, from_verified_archive=downloaded)
+        return frame
+    return _read_amazon_file(path, errors, timestamp_unit)
+
+
+def _locate_file(
+    dataset: str, raw_dir: PathLike | None, raw_path: PathLike | None, cache_dir: PathLike | None
+) -> tuple[Path, bool]:
+    """The raw file of a MovieLens or Amazon dataset (see :func:`load_raw_interactions`), and whether it comes from
+    a verified download."""
+    name = dataset.lower()
     if raw_path is not None and not isinstance(raw_path, (str, os.PathLike)):
         raise TypeError(f"raw_path of dataset {dataset!r} must be a file path; use dataset 'csv' for tables")
     if name in MOVIELENS_RATINGS_FILES:
-        downloaded = raw_path is None and raw_dir is None
-        if raw_path is None:
-            folder = Path(raw_dir) if raw_dir is not None else fetch_movielens(name, cache_dir)
-            help_text = f"Put the extracted files of {name}.zip there, or leave raw_dir unset to download it."
-            raw_path = _find_file(folder, [MOVIELENS_RATINGS_FILES[name]], name, help_text)
-        frame = read_movielens(raw_path, name, errors, timestamp_unit=timestamp_unit)
-        _check_official(frame, raw_path, name, from_verified_archive=downloaded)
-        return frame
+        if raw_path is not None:
+            return Path(raw_path), False
+        folder = Path(raw_dir) if raw_dir is not None else fetch_movielens(name, cache_dir)
+        help_text = f"Put the extracted files of {name}.zip there, or leave raw_dir unset to download it."
+        return _find_file(folder, [MOVIELENS_RATINGS_FILES[name]], name, help_text), raw_dir is None
     if name.startswith("amazon-"):
         if raw_path is not None:
-            return _read_amazon_file(Path(raw_path), errors, timestamp_unit)
+            return Path(raw_path), False
         key = name.removeprefix("amazon-")
         five_core = key.endswith("-5core")
         key = key.removesuffix("-5core")
@@ -824,9 +849,238 @@ def load_raw_interactions(
             candidates = [f"ratings_{category}.csv"]
         if raw_dir is None:
             raise DatasetNotAvailableError(f"{dataset}: expected {' or '.join(candidates)}. {_AMAZON_HELP}")
-        return _read_amazon_file(_find_file(Path(raw_dir), candidates, name, _AMAZON_HELP), errors, timestamp_unit)
+        return _find_file(Path(raw_dir), candidates, name, _AMAZON_HELP), False
     known = [*MOVIELENS_RATINGS_FILES, "amazon-<category>", "amazon-<category>-5core", *GENERIC_SOURCES, "synthetic"]
     raise ValueError(f"Unknown dataset {dataset!r}; known: {known}")
+
+
+# Block of the streaming CSV reader. It parses blocks ahead of the one asked for, so they are kept small (memory) and
+# grouped into chunks of the size asked for (fewer, larger chunks to check and spill).
+_READ_BLOCK = 2**20
+
+
+def _grouped(reader: pa_csv.CSVStreamingReader, chunk_bytes: int) -> Iterator[pa.Table]:
+    """The reader's batches grouped into tables of about ``chunk_bytes`` of text."""
+    per_chunk = max(1, chunk_bytes // _READ_BLOCK)
+    batches = []
+    for batch in reader:
+        batches.append(batch)
+        if len(batches) == per_chunk:
+            yield pa.Table.from_batches(batches)
+            batches = []
+    if batches:
+        yield pa.Table.from_batches(batches)
+
+
+def _iter_delimited(
+    path: PathLike,
+    *,
+    delimiter: str,
+    fields: dict[str, str],
+    types: dict[str, pa.DataType],
+    rules: FieldRules,
+    errors: Errors,
+    names: list[str] | None = None,
+    layout: str,
+    separators: Sequence[str] = (),
+    timestamp_unit: TimestampUnit | None = None,
+    block_size: int,
+) -> Iterator[pd.DataFrame]:
+    """:func:`_read_delimited` in chunks of about ``block_size`` bytes of text: yields the normalised frame of each
+    block, with the same checks and messages (file and line).
+
+    The typed parse runs first; at the first block it cannot parse (or a line it cannot split, or a wrong
+    separator), the file is read again as text from the start, line numbers tracked, and the rows already yielded
+    are skipped.
+    """
+    path = Path(path)
+    checks = {"timestamp_unit": timestamp_unit, "columns": fields}
+    header_lines = 0 if names else 1
+    unparsed: list[pa_csv.InvalidRow] = []
+    parse_options = _delimited_parse_options(path, delimiter, fields, names, unparsed)
+    include = [*fields.values(), *separators]
+    yielded = 0
+    try:
+        typed = pa_csv.open_csv(  # parses the first block already
+            path,
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=_READ_BLOCK),
+            parse_options=parse_options,
+            convert_options=pa_csv.ConvertOptions(column_types=types, include_columns=include),
+        )
+        for batch in _grouped(typed, block_size):
+            if unparsed or not all(pc.all(pc.equal(batch[column], "")).as_py() for column in separators):
+                break
+            raw = pd.DataFrame({name: batch[column].to_numpy() for name, column in fields.items()}, copy=False)
+            first_line = yielded + header_lines + 1
+            yield _validate(raw, rules, str(path), errors, line_of=lambda row, first=first_line: row + first, **checks)
+            yielded += batch.num_rows
+        else:
+            if yielded == 0:
+                raise MalformedInputError(f"{path}: no rows (only the header line)")
+            return
+    except pa.ArrowInvalid:
+        pass  # malformed in this block: the checked parse below finds and names the bad line
+    unparsed.clear()
+    checked = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(column_names=names, use_threads=False, block_size=_READ_BLOCK),
+        parse_options=parse_options,
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(include, pa.string()), include_columns=include
+        ),
+    )
+    skip, next_line, reported = yielded, header_lines + 1 + yielded, 0
+    for batch in _grouped(checked, block_size):
+        if skip:
+            batch, skip = batch.slice(min(skip, batch.num_rows)), max(skip - batch.num_rows, 0)
+        if batch.num_rows == 0:
+            continue
+        bad = np.array([row.number for row in unparsed[reported:]], dtype=np.int64)
+        bad = bad[bad >= next_line]
+        lines = np.setdiff1d(np.arange(next_line, next_line + batch.num_rows + len(bad)), bad)[: batch.num_rows]
+        next_line = int(lines[-1]) + 1
+        mine = [row for row in unparsed[reported:] if row.number < next_line]
+        reported += len(mine)
+        raw = pd.DataFrame({name: batch[column].to_pandas() for name, column in fields.items()})
+        problems = [
+            _Problem(
+                "wrong separator",
+                batch[column].to_numpy(zero_copy_only=False) != "",
+                lambda row, c=column, b=batch: f"expected {layout!r}, found {b[c][row].as_py()!r} between two fields",
+            )
+            for column in separators
+        ]
+        yield _validate(
+            raw,
+            rules,
+            str(path),
+            errors,
+            line_of=lambda row, numbers=lines: int(numbers[row]),
+            unparsed=[(row.number, f"expected {layout!r}, got {row.text!r}") for row in mine],
+            extra=problems,
+            **checks,
+        )
+    if unparsed[reported:]:  # lines after the last row that parsed
+        empty = pd.DataFrame({name: pd.Series([], dtype="string") for name in fields})
+        rest = [(row.number, f"expected {layout!r}, got {row.text!r}") for row in unparsed[reported:]]
+        yield _validate(empty, rules, str(path), errors, unparsed=rest, **checks)
+    elif next_line == header_lines + 1:
+        raise MalformedInputError(f"{path}: no rows (only the header line)")
+
+
+class InteractionChunks:
+    """A source read chunk by chunk, for preprocessing in bounded memory: iterating yields normalised frames (see
+    the module docstring) in the source's row order, each of about ``chunk_bytes`` of text.
+
+    CSV/TSV files (MovieLens ratings, Amazon ratings CSVs, ``csv`` files) are parsed block by block and Parquet
+    files batch by batch, with the checks and messages of the whole-file readers (file and line; rows of a Parquet
+    file are numbered across chunks). Amazon review JSON and sequence files, in-memory tables and ``synthetic`` are
+    read whole, then handed out in chunks.
+
+    A chunk whose string ids all read as integers has int64 ids (as a whole file would): consumers that meet both
+    types in one source use the ids' text (``str`` of the integer is the id as written). After the iteration,
+    ``source`` names the source, ``skipped_rows`` counts the rows dropped with ``errors="skip"`` and
+    ``source_check`` holds the comparison of a MovieLens file with the official one (see
+    :func:`load_raw_interactions`).
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        *,
+        raw_dir: PathLike | None = None,
+        raw_path: PathLike | pd.DataFrame | datasets.Dataset | None = None,
+        cache_dir: PathLike | None = None,
+        user_col: str = "user_id",
+        item_col: str = "item_id",
+        time_col: str = "timestamp",
+        rating_col: str | None = None,
+        delimiter: str | None = None,
+        errors: Errors = "raise",
+        timestamp_unit: TimestampUnit | None = None,
+        chunk_bytes: int = 64 * 2**20,
+    ):
+        self.source = dataset
+        self.skipped_rows: dict[str, int] = {}
+        self.source_check: dict = {}
+        self._official: tuple[Path, str, bool] | None = None
+        checks = {"errors": errors, "timestamp_unit": timestamp_unit}
+        name = dataset.lower()
+        fields = {"user_id": user_col, "item_id": item_col, "timestamp": time_col}
+        if rating_col:
+            fields["rating"] = rating_col
+        path = None
+        if name in GENERIC_SOURCES and isinstance(raw_path, (str, os.PathLike)):
+            path = Path(raw_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"No interactions file at {path}")
+        elif name in MOVIELENS_RATINGS_FILES or (name.startswith("amazon-") and not name.endswith("-5core")):
+            path, downloaded = _locate_file(dataset, raw_dir, raw_path, cache_dir)
+        if path is not None and ".parquet" in [suffix.lower() for suffix in path.suffixes]:
+            self._chunks = lambda: _iter_parquet(path, fields, chunk_bytes, **checks)
+        elif path is not None and name in MOVIELENS_RATINGS_FILES:
+            self._official = (path, name, downloaded)
+            format = _movielens_format(name)
+            self._chunks = lambda: _iter_delimited(path, **format, block_size=chunk_bytes, **checks)
+        elif path is not None and name in GENERIC_SOURCES:
+            format = _table_format(path, fields, delimiter)
+            self._chunks = lambda: _iter_delimited(path, **format, block_size=chunk_bytes, **checks)
+        elif path is not None and path.name.lower().endswith(".csv"):
+            self._chunks = lambda: _iter_delimited(path, **_AMAZON_RATINGS_FORMAT, block_size=chunk_bytes, **checks)
+        else:
+            arguments = dict(raw_dir=raw_dir, raw_path=raw_path, cache_dir=cache_dir, delimiter=delimiter, **checks)
+            columns = dict(user_col=user_col, item_col=item_col, time_col=time_col, rating_col=rating_col)
+            self._chunks = lambda: _iter_whole(load_raw_interactions(dataset, **arguments, **columns), chunk_bytes)
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        self.skipped_rows = {}
+        rows = 0
+        for frame in self._chunks():
+            self.source = frame.attrs["source"]
+            for reason, count in frame.attrs["skipped_rows"].items():
+                self.skipped_rows[reason] = self.skipped_rows.get(reason, 0) + count
+            rows += len(frame)
+            if len(frame):
+                yield frame
+        if self._official is not None:
+            path, name, downloaded = self._official
+            self.source_check = _official_check(rows + sum(self.skipped_rows.values()), path, name, downloaded)
+
+
+# Rows per chunk of a table without text (Parquet, in-memory frames): as many as a CSV chunk of that size holds.
+_TEXT_BYTES_PER_ROW = 32
+
+
+def _iter_parquet(
+    path: Path, fields: dict[str, str], chunk_bytes: int, errors: Errors, timestamp_unit: TimestampUnit | None
+) -> Iterator[pd.DataFrame]:
+    """Normalised frames of a Parquet file, batch by batch (rows numbered across batches in messages)."""
+    _require_content(path)
+    parquet = pq.ParquetFile(path)
+    _require_columns(str(path), fields.values(), parquet.schema_arrow.names, "columns:")
+    offset = 0
+    columns = list(dict.fromkeys(fields.values()))
+    batches = parquet.iter_batches(batch_size=max(1, chunk_bytes // _TEXT_BYTES_PER_ROW), columns=columns)
+    for batch in batches:
+        raw = pd.DataFrame({name: batch[column].to_pandas() for name, column in fields.items()})
+        yield _validate(
+            raw, FieldRules(), str(path), errors, timestamp_unit=timestamp_unit, columns=fields, row_offset=offset
+        )
+        offset += batch.num_rows
+    if offset == 0:
+        raise MalformedInputError(f"{path}: no rows")
+
+
+def _iter_whole(frame: pd.DataFrame, chunk_bytes: int) -> Iterator[pd.DataFrame]:
+    """A frame read whole, handed out in chunks of about ``chunk_bytes`` (the first carries its skipped rows)."""
+    step = max(1, chunk_bytes // _TEXT_BYTES_PER_ROW)
+    for start in range(0, len(frame), step):
+        chunk = frame.iloc[start : start + step]
+        chunk.attrs = {
+            "source": frame.attrs["source"],
+            "skipped_rows": frame.attrs["skipped_rows"] if start == 0 else {},
+        }
+        yield chunk
 
 
 def default_filters(dataset: str) -> dict[str, int]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 _START_TIME = 1_577_836_800  # 2020-01-01T00:00:00Z
 
@@ -99,34 +104,80 @@ def make_synthetic_interactions(
     )
 
 
-def make_movielens_like_ratings(
-    num_rows: int = 20_000_263, num_users: int = 138_493, num_items: int = 26_744, seed: int = 0
-) -> pd.DataFrame:
-    """A ratings table shaped like MovieLens-20M's ``ratings.csv`` (for benchmarks): columns userId, movieId,
-    rating (half stars 0.5..5), timestamp, sorted by userId then movieId like the real file.
+# Shapes of the benchmark logs: minimum events per user, column names (None: no header line), rating scale.
+RATINGS_LOG_LAYOUTS = {
+    # MovieLens-20M ratings.csv: userId,movieId,rating,timestamp with a header; half stars; >= 20 per user
+    "movielens": {"min_length": 20, "columns": ["userId", "movieId", "rating", "timestamp"], "half_stars": True},
+    # Amazon ratings_<Category>.csv (e.g. Books): user,item,rating,timestamp without header; whole stars
+    "amazon": {"min_length": 1, "columns": None, "half_stars": False},
+}
 
-    Every user has at least 20 ratings (log-normal lengths summing to ``num_rows``), every one of the
-    ``num_items`` movie ids (spread over 1..131,262) is rated at least once with Zipf-like popularity, and each
-    user's timestamps are spread over a span of about a year starting between 1995 and 2015. There may be
-    repeated (user, movie) pairs, which the real file does not have.
+
+def write_ratings_log(
+    path: str | os.PathLike,
+    num_rows: int,
+    num_users: int,
+    num_items: int,
+    *,
+    layout: str = "movielens",
+    seed: int = 0,
+    chunk_rows: int = 1_000_000,
+) -> Path:
+    """Write a synthetic ratings CSV of ``num_rows`` rows for benchmarks, ``chunk_rows`` rows at a time (memory:
+    O(users + items + chunk_rows), so logs larger than memory can be made).
+
+    ``layout`` is ``"movielens"`` (MovieLens-20M's ``ratings.csv``: header, half stars, >= 20 ratings per user) or
+    ``"amazon"`` (an Amazon ``ratings_<Category>.csv``: no header, whole stars, >= 1 rating per user). Users have
+    log-normal history lengths summing to ``num_rows``; items (integer ids spread over a range of at least 131,262)
+    have Zipf-like popularity and every one is rated at least once; each user's timestamps span about a year
+    starting between 1995 and 2015. Rows are grouped by user and sorted by item within a user, so the time order
+    must come from sorting. There may be repeated (user, item) pairs.
     """
-    if num_rows < 20 * num_users or num_rows < num_items:
-        raise ValueError(f"{num_rows} rows cannot give {num_users} users 20 ratings each and cover {num_items} items")
+    if layout not in RATINGS_LOG_LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(RATINGS_LOG_LAYOUTS)}, got {layout!r}")
+    shape = RATINGS_LOG_LAYOUTS[layout]
+    min_length = shape["min_length"]
+    if num_rows < min_length * num_users or num_rows < num_items:
+        raise ValueError(
+            f"{num_rows} rows cannot give {num_users} users {min_length} ratings each and cover {num_items} items"
+        )
     rng = np.random.default_rng(seed)
     weights = rng.lognormal(0.0, 1.2, size=num_users)
-    lengths = 20 + np.floor((num_rows - 20 * num_users) * weights / weights.sum()).astype(np.int64)
+    lengths = min_length + np.floor((num_rows - min_length * num_users) * weights / weights.sum()).astype(np.int64)
     lengths[: num_rows - int(lengths.sum())] += 1
-    users = np.repeat(np.arange(1, num_users + 1, dtype=np.int64), lengths)
-    movie_ids = np.sort(rng.choice(np.arange(1, 131_263), size=num_items, replace=False))
+    del weights
+    ends = np.cumsum(lengths)
+    item_ids = np.sort(rng.choice(max(131_262, 5 * num_items), size=num_items, replace=False) + 1)
+    item_ids = item_ids[rng.permutation(num_items)]  # popularity rank -> item id
     popularity_cdf = np.cumsum(1.0 / np.arange(1, num_items + 1) ** 0.9)
     popularity_cdf /= popularity_cdf[-1]
-    ranks = np.minimum(np.searchsorted(popularity_cdf, rng.random(num_rows)), num_items - 1)
-    ranks[rng.choice(num_rows, size=num_items, replace=False)] = rng.permutation(num_items)
-    items = movie_ids[rng.permutation(num_items)][ranks]
-    starts = rng.integers(789_652_009, 1_427_784_002, size=num_users)
-    timestamps = np.repeat(starts, lengths) + rng.integers(0, 365 * 86_400, size=num_rows)
-    ratings = rng.choice(np.arange(1, 11) / 2, size=num_rows, p=[1, 3, 3, 7, 4, 21, 11, 28, 8, 14] / np.float64(100))
-    order = np.lexsort((items, users))
-    return pd.DataFrame(
-        {"userId": users[order], "movieId": items[order], "rating": ratings[order], "timestamp": timestamps[order]}
+    coverage = rng.permutation(num_items)  # every item's rank is written at least once, spread over the chunks
+    stars = np.arange(1, 11) / 2 if shape["half_stars"] else np.arange(1, 6, dtype=np.float64)
+    star_weights = [1, 3, 3, 7, 4, 21, 11, 28, 8, 14] if shape["half_stars"] else [6, 5, 9, 20, 60]
+    star_p = np.asarray(star_weights, dtype=np.float64) / sum(star_weights)
+    names = shape["columns"] or ["user", "item", "rating", "timestamp"]
+    schema = pa.schema(
+        [(names[0], pa.int64()), (names[1], pa.int64()), (names[2], pa.float64()), (names[3], pa.int64())]
     )
+    path = Path(path)
+    options = pa_csv.WriteOptions(include_header=shape["columns"] is not None)
+    first_user, covered = 0, 0
+    with pa_csv.CSVWriter(path, schema, write_options=options) as writer:
+        while first_user < num_users:
+            start = ends[first_user - 1] if first_user else 0
+            last_user = max(first_user + 1, int(np.searchsorted(ends, start + chunk_rows, side="right")))
+            block = lengths[first_user:last_user]
+            rows = int(block.sum())
+            users = np.repeat(np.arange(first_user + 1, last_user + 1, dtype=np.int64), block)
+            ranks = np.minimum(np.searchsorted(popularity_cdf, rng.random(rows)), num_items - 1)
+            share = min(num_items - covered, -(-num_items * rows // num_rows), rows)
+            ranks[rng.choice(rows, size=share, replace=False)] = coverage[covered : covered + share]
+            covered += share
+            starts = rng.integers(789_652_009, 1_427_784_002, size=last_user - first_user)
+            timestamps = np.repeat(starts, block) + rng.integers(0, 365 * 86_400, size=rows)
+            items = item_ids[ranks]
+            order = np.lexsort((items, users))
+            columns = [users[order], items[order], rng.choice(stars, size=rows, p=star_p), timestamps[order]]
+            writer.write_table(pa.table(dict(zip(names, columns, strict=True)), schema=schema))
+            first_user = last_user
+    return path

@@ -91,7 +91,12 @@ class Vocabulary:
         """Write ``<directory>/<file_name>`` and return its path."""
         path = Path(directory) / self.file_name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        head = json.dumps({key: value for key, value in self.to_dict().items() if key != "raw_ids"} | {"raw_ids": []})
+        with path.open("w", encoding="utf-8") as file:  # json.dumps(self.to_dict()), without the whole list in memory
+            file.write(head[:-2])  # up to the list's opening bracket
+            for start in range(0, len(self), 2**16):
+                file.write((", " if start else "") + json.dumps(self._index[start : start + 2**16].tolist())[1:-1])
+            file.write("]}")
         return path
 
     @classmethod

@@ -122,6 +122,13 @@ class DataArguments:
     raw_dir: str | None = field(default=None, metadata={"help": "Raw files of a named dataset already on disk."})
     protocol: str = field(default="leave_one_out", metadata={"help": "Split protocol when building a dataset."})
     dataloader_num_workers: int = field(default=0)
+    sample_ratio: float = field(
+        default=1.0,
+        metadata={
+            "help": "Keep each event of a training history with this probability, in order (the HSTU reference "
+            "code's sample_ratio; drawn anew each epoch, seeded). 1: whole histories."
+        },
+    )
 
 
 @dataclass

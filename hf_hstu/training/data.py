@@ -5,7 +5,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import DatasetDict
+from datasets import DatasetDict, IterableDataset
+from datasets.distributed import split_dataset_by_node
 from huggingface_hub import hf_hub_download
 
 from ..data import (
@@ -40,7 +41,7 @@ class TrainingData:
     name: str
     splits: DatasetDict
     vocabulary: ItemVocabulary
-    collator: SequenceCollator
+    collator: SequenceCollator  # evaluation: whole histories (the loop builds the training one from the config)
     metadata: dict
     reference: str = ""  # how a command names the dataset: its Hub id, its name, or data/<name> for a local folder
 
@@ -97,3 +98,20 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         metadata=metadata,
         reference=reference,
     )
+
+
+def streaming_train_split(
+    data: TrainingData, seed: int, process_index: int = 0, num_processes: int = 1, shards_per_process: int = 8
+) -> IterableDataset:
+    """The train split as a streaming ``datasets.IterableDataset`` for this process: read shard by shard from the
+    memory-mapped files (nothing materialised), each process reading its own shards (``split_dataset_by_node``),
+    shuffled by shard order and a buffer, anew at each ``set_epoch(epoch)`` (seeded: the same on every run).
+
+    The rows of one process differ from the others' by at most a few (near-equal contiguous shards): a loop over it
+    drops the last incomplete batch or caps the steps per epoch, so that every process takes the same number of
+    steps.
+    """
+    train = data.splits["train"]
+    num_shards = min(len(train), num_processes * shards_per_process)
+    iterable = train.to_iterable_dataset(num_shards=num_shards).shuffle(seed=seed, buffer_size=1_000)
+    return split_dataset_by_node(iterable, rank=process_index, world_size=num_processes)

@@ -241,6 +241,7 @@ def _train(run: _Run) -> TrainingResult:
     stop = args.max_steps is not None and state.global_step >= args.max_steps
     for epoch in range(state.epoch, 0 if stop else args.num_epochs):
         run.train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
+        run.train_loader.collate_fn.set_epoch(epoch)  # this epoch's sample_ratio draws
         batches = run.train_loader
         if state.batches_in_epoch:  # resumed in the middle of this epoch: skip the batches already trained on
             batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
@@ -389,7 +390,12 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         batch_size=training_args.batch_size,
         sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
         # Training rows keep the events the loss reads (one more than max_seq_len with the research window).
-        collate_fn=SequenceCollator(config.max_seq_len, training_window=config.max_training_events),
+        collate_fn=SequenceCollator(
+            config.max_seq_len,
+            training_window=config.max_training_events,
+            sample_ratio=data_args.sample_ratio,
+            seed=training_args.seed,
+        ),
         num_workers=data_args.dataloader_num_workers,
         generator=torch.Generator().manual_seed(training_args.seed),  # not the global RNG that dropout draws from
     )
