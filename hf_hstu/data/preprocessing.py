@@ -49,6 +49,7 @@ from datasets.table import InMemoryTable
 from ..progress import progress, quiet_library_progress_bars
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
+from .item_features import ItemTableConfig, attach_item_features, save_item_features
 from .sources import Errors, PathLike, TimestampUnit, default_filters, load_raw_interactions, read_interactions
 from .vocabulary import ItemVocabulary, UserVocabulary
 
@@ -141,6 +142,7 @@ class SequenceData:
     item_vocabulary: ItemVocabulary
     user_vocabulary: UserVocabulary
     metadata: dict
+    item_features: datasets.Dataset | None = None  # the item table (hf_hstu.data.item_features), saved beside
 
     def save(
         self, output_dir: PathLike, *, format: Literal["arrow", "parquet"] = "arrow", overwrite: bool = False
@@ -161,6 +163,8 @@ class SequenceData:
                 else:
                     for split, dataset in self.dataset.items():
                         dataset.to_parquet(staging / f"{split}.parquet")
+                if self.item_features is not None:
+                    save_item_features(self.item_features, staging, format)
             self.item_vocabulary.save(staging)
             self.user_vocabulary.save(staging)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
@@ -194,6 +198,8 @@ class SequenceData:
             datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
             paths = [self.item_vocabulary.save(folder), self.user_vocabulary.save(folder), Path(folder) / METADATA_FILE]
             paths[-1].write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
+            if self.item_features is not None:
+                paths.append(save_item_features(self.item_features, folder, "parquet"))
             api = huggingface_hub.HfApi(token=token)
             for path in paths:
                 api.upload_file(
@@ -510,6 +516,7 @@ def preprocess(
     overwrite: bool = False,
     push_to_hub: str | None = None,
     private: bool | None = None,
+    item_table: ItemTableConfig | None = None,
 ) -> SequenceData:
     """Load a dataset (see :func:`~hf_hstu.data.sources.load_raw_interactions`), build its sequences, and save them
     to ``output_dir`` (atomically) and/or push them to the Hub dataset repo ``push_to_hub``.
@@ -521,6 +528,7 @@ def preprocess(
         timestamp_unit: unit of numeric timestamps: None (default) for whole unix seconds (a fraction of a second,
             or a value after the year 5000, is then an error naming file, line and column), or ``"s"``, ``"ms"``,
             ``"us"`` to convert them (floored to the second).
+        item_table: where the item features come from (:mod:`~hf_hstu.data.item_features`); kept beside the splits.
     """
     if output_dir is not None:
         _check_output(Path(output_dir), overwrite)
@@ -545,6 +553,8 @@ def preprocess(
         phases.update()
         phases.set_description(f"{dataset}: sort, filter, group")
         data = build_sequences(interactions.pop(), config, dataset_name=dataset)
+        if item_table is not None and item_table.item_table is not None:
+            attach_item_features(data, dataset, item_table, raw_dir, raw_path, cache_dir)
         phases.update()
         phases.set_description(f"{dataset}: save")
         if output_dir is not None:
