@@ -2,13 +2,21 @@
 training with them and cold-start scoring."""
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from data_testing import shared_dataset
-from recommender_testing import NUM_ITEMS, TINY_TRAINING_ARGUMENTS, right_padded_batch, tiny_config, tiny_model
+from recommender_testing import (
+    NUM_ITEMS,
+    TINY_TRAINING_ARGUMENTS,
+    load_in_fresh_process,
+    right_padded_batch,
+    tiny_config,
+    tiny_model,
+)
 from transformers import AutoModel
 
 from hf_hstu import HSTUModel, SASRecModel
@@ -24,6 +32,7 @@ from hf_hstu.data.item_features import (
 )
 from hf_hstu.modeling.similarity import l2_normalize
 from hf_hstu.recommender import Recommender
+from hf_hstu.serving import UserEncoder, encoder_inputs, export_user_encoder, load_item_table
 from hf_hstu.training.arguments import parse_training_arguments
 from hf_hstu.training.loop import train
 
@@ -240,6 +249,37 @@ def test_checkpoint_carries_the_feature_table(tmp_path, model_type):
     batch = right_padded_batch()
     batch.pop("ratings")
     torch.testing.assert_close(loaded.recommend(**batch, k=5).scores, model.recommend(**batch, k=5).scores)
+
+
+def test_a_checkpoint_with_features_loads_as_remote_code(tmp_path):
+    model = _featured_model().eval()
+    model.save_pretrained(tmp_path / "checkpoint")
+    assert (tmp_path / "checkpoint" / "item_features.py").is_file()
+    batch = right_padded_batch()
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "timestamps", "target_timestamps")}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    remote = load_in_fresh_process(tmp_path, str(tmp_path / "checkpoint"), "hidden", inputs, env)
+    torch.testing.assert_close(
+        torch.tensor(remote["user_embeddings"]), model(**inputs).user_embeddings, atol=1e-6, rtol=0
+    )
+    assert remote["item_ids"] == model.recommend(**inputs, k=5).item_ids.tolist()
+
+
+def test_the_export_embeds_items_with_their_features(tmp_path):
+    model = _featured_model().eval()
+    export_user_encoder(model, tmp_path, onnx=False)
+    torch.testing.assert_close(load_item_table(tmp_path), model.item_table())
+    program = torch.export.load(tmp_path / "user_encoder.pt2").module()
+    batch = right_padded_batch(seed=3, lengths=(4, 1, 6))
+    lengths = batch["attention_mask"].sum(1).tolist()
+    histories = [row[:n].tolist() for row, n in zip(batch["input_ids"], lengths, strict=True)]
+    times = [row[:n].tolist() for row, n in zip(batch["timestamps"], lengths, strict=True)]
+    names = UserEncoder(model).input_names
+    inputs = encoder_inputs(names, 8, histories, times, batch["target_timestamps"].tolist())
+    expected = model.embed_users(
+        batch["input_ids"], batch["attention_mask"], batch["timestamps"], batch["target_timestamps"]
+    )
+    torch.testing.assert_close(program(**inputs), expected, rtol=0, atol=1e-5)
 
 
 def test_cached_recommendations_match_with_features():
