@@ -108,7 +108,15 @@ def main() -> None:
         private=output.private,
         item_table=items,
     )
-    keys = ("num_users", "num_items", "num_interactions", "num_rows", "exact_duplicates", "source_verified")
+    keys = (
+        "num_users",
+        "num_items",
+        "num_interactions",
+        "num_rows",
+        "exact_duplicates",
+        "source_verified",
+        "item_features",
+    )
     summary = {key: data.metadata[key] for key in keys if key in data.metadata}
     print(f"{source.dataset}: {summary} -> {output.output or output.push_to_hub}")
 

@@ -30,6 +30,7 @@ from hf_hstu.data.item_features import (
     read_item_table,
     read_movielens_items,
 )
+from hf_hstu.hub.push import push_dataset
 from hf_hstu.modeling.similarity import l2_normalize
 from hf_hstu.recommender import Recommender
 from hf_hstu.serving import UserEncoder, encoder_inputs, export_user_encoder, load_item_table
@@ -358,6 +359,17 @@ def test_training_with_features_saves_a_model_that_recommends_raw_ids(tmp_path):
         )
         assert len(recommendations[0]) == 4
         assert {raw for raw, _ in recommendations[0]} <= set(data.item_vocabulary.raw_ids) - set(raw_history)
+
+
+def test_the_item_table_travels_with_a_hub_dataset(fake_hub, tmp_path):
+    interactions, items_config = _synthetic_with_features(tmp_path)
+    data = preprocess("csv", tmp_path / "data", raw_path=interactions, item_table=items_config)
+    push_dataset(tmp_path / "data", "org/featured")
+    assert set(load_sequences("org/featured")) == {"train", "validation", "test"}
+    _train(tmp_path, "org/featured")
+    model = AutoModel.from_pretrained(tmp_path / "run" / "best_model")
+    expected = ItemFeatureTable.from_dataset(data.item_features).feature_ids
+    np.testing.assert_array_equal(model.item_features.feature_ids[:, 0].numpy(), expected[:, 0])
 
 
 def test_training_with_features_needs_an_item_table(tmp_path):
