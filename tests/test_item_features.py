@@ -30,6 +30,7 @@ from hf_hstu.data.item_features import (
     read_item_table,
     read_movielens_items,
 )
+from hf_hstu.hub.dataset_card import preprocessing_command
 from hf_hstu.hub.push import push_dataset
 from hf_hstu.modeling.similarity import l2_normalize
 from hf_hstu.recommender import Recommender
@@ -165,6 +166,8 @@ def test_preprocess_saves_the_item_table_beside_the_splits(tmp_path, save_format
     raw = row["raw_item_id"]
     assert row["parity"] == ["even" if raw % 2 == 0 else "odd"] and row["tags"] == [f"t{raw % 3}", f"t{raw % 5}"]
     assert load_item_features(tmp_path) is None
+    command = preprocessing_command(data.metadata)
+    assert "--item_table ITEM_TABLE --item_table_id_col item_id --item_feature_cols parity,tags" in command
 
 
 def test_preprocess_reads_movielens_genres_beside_the_ratings(tmp_path):
@@ -172,6 +175,7 @@ def test_preprocess_reads_movielens_genres_beside_the_ratings(tmp_path):
     items = data.item_features
     assert len(items) == 1682 and data.metadata["item_features"]["items_without_features"] == 0
     assert items[0]["genres"] == ["Animation", "Children's", "Comedy"]  # Toy Story
+    assert preprocessing_command(data.metadata).endswith("--item_table genres --output data/ml-100k")
     with pytest.raises(ValueError, match="'synthetic' has none"):
         preprocess("synthetic", item_table=ItemTableConfig(item_table="genres"))
 

@@ -325,4 +325,9 @@ def attach_item_features(
         raw_dir = Path(raw_path).parent
     items, summary = build_item_features(load_item_table(dataset, config, raw_dir, cache_dir), data.item_vocabulary)
     data.item_features = items
-    data.metadata["item_features"] = {"source": config.item_table, **summary}
+    data.metadata["item_features"] = {
+        "source": config.item_table if config.item_table == "genres" else Path(config.item_table).name,
+        "id_col": config.item_table_id_col,
+        "separator": config.item_feature_separator,
+        **summary,
+    }
