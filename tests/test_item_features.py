@@ -34,6 +34,7 @@ from hf_hstu.hub.dataset_card import preprocessing_command
 from hf_hstu.hub.push import push_dataset
 from hf_hstu.modeling.similarity import l2_normalize
 from hf_hstu.recommender import Recommender
+from hf_hstu.reproduction import reproduce
 from hf_hstu.serving import UserEncoder, encoder_inputs, export_user_encoder, load_item_table
 from hf_hstu.training.arguments import parse_training_arguments
 from hf_hstu.training.loop import train
@@ -389,3 +390,23 @@ def test_training_with_movielens_genres(tmp_path):
     assert model.config.item_feature_names == ["genres"] and model.config.item_feature_vocab_sizes == [19]
     assert model.config.item_feature_max_values == [6]
     assert int((model.item_features.feature_ids[1:] > 0).sum(1).min()) == 1  # every film has a genre
+
+
+def test_reproduction_ablation_trains_every_run_with_genres(tmp_path):
+    tiny = ["--max_seq_len", "20", "--hidden_size", "16", "--batch_size", "32"]
+    reproduction = reproduce(
+        "ml-100k",
+        tmp_path,
+        models=["sasrec"],
+        seeds=[1],
+        raw_dir=str(shared_dataset("ml-100k")),
+        reduced=True,
+        train_flags=tiny,
+        item_features=True,
+    )
+    (record,) = reproduction.records
+    assert record.flags[2:4] == ["--item_features", "true"]
+    assert "--item_features true" in record.command
+    model = AutoModel.from_pretrained(tmp_path / "sasrec" / "seed_1" / "best_model")
+    assert model.config.item_feature_names == ["genres"]
+    assert load_item_features(tmp_path / "data") is not None
