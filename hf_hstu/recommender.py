@@ -94,6 +94,7 @@ class Recommender:
         filter_seen: bool = True,
         candidates: Sequence[RawId] | None = None,
         allow_past_request_times: bool = False,
+        cold_start_items: bool = False,
     ) -> list[list[tuple[RawId, float]]]:
         """The k best (raw item id, score) pairs for each history (raw item ids, oldest first).
 
@@ -107,6 +108,8 @@ class Recommender:
             candidates: raw item ids to rank instead of the whole catalogue.
             allow_past_request_times: accept request times before the last event of a history (e.g. to replay a
                 past request on a history that already holds what came after it).
+            cold_start_items: score the items that never occurred in training from their features alone (models with
+                item features; see `SequentialRecommenderPreTrainedModel.item_weight`).
         """
         self._check_inputs(histories, timestamps, request_times, allow_past_request_times)
         width = max(len(history) for history in histories)
@@ -128,6 +131,7 @@ class Recommender:
             ),
             k=k,
             filter_seen=filter_seen,
+            cold_start_items=cold_start_items,
             candidate_ids=torch.from_numpy(self.vocabulary.encode(candidates)).to(device) if candidates else None,
         )
         return [

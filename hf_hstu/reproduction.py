@@ -22,6 +22,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from .data import METADATA_FILE, PreprocessingConfig, preprocess
+from .data.item_features import ItemTableConfig
 from .hub.model_card import dataset_display_name, format_duration
 from .hub.push import describe_hardware
 from .training.arguments import PRESETS, parse_training_arguments
@@ -231,6 +232,7 @@ def reproduce(
     command: str = "",
     markdown_file: str | Path | None = None,
     resume: bool = False,
+    item_features: bool = False,
 ) -> Reproduction:
     """Preprocess `dataset` into `<output_dir>/data`, train each model with each seed into
     `<output_dir>/<model>/seed_<seed>`, and write `reproduction.json` and the markdown table (`markdown_file`, by
@@ -240,7 +242,8 @@ def reproduce(
     `train_flags` are `scripts/train.py` flags added to every run (after the recipe's, so they win); `reduced` adds
     `REDUCED_RUN_FLAGS` before them: a smoke test whose numbers are not comparable with anything. With `resume`, the
     runs recorded in `<output_dir>/reproduction.json` with the same flags are kept, and a run stopped part-way
-    continues from its latest checkpoint.
+    continues from its latest checkpoint. With `item_features` (MovieLens) the data keep the genres and every run
+    embeds them with the item ids (`--item_features true`): the ids + genres side of the ablation.
     """
     setup = dataset_setup(dataset)
     models = list(models)
@@ -262,6 +265,7 @@ def reproduce(
         raw_dir=raw_dir,
         raw_path=raw_path,
         overwrite=True,
+        item_table=ItemTableConfig(item_table="genres") if item_features else None,
     )
     metadata = json.loads((data_dir / METADATA_FILE).read_text(encoding="utf-8"))
     reproduction = Reproduction(
@@ -281,7 +285,12 @@ def reproduce(
     start -= reproduction.wall_seconds
     for model in models:
         preset, flags = planned[model]
-        flags = [*flags, *(REDUCED_RUN_FLAGS if reduced else ()), *train_flags]
+        flags = [
+            *flags,
+            *(("--item_features", "true") if item_features else ()),
+            *(REDUCED_RUN_FLAGS if reduced else ()),
+        ]
+        flags += train_flags
         for seed in seeds:
             run_dir = output_dir / model / f"seed_{seed}"
             kept = (

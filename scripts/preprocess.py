@@ -7,6 +7,7 @@ Examples::
     python scripts/preprocess.py --dataset csv --raw-path my_events.parquet --user-col u --item-col i --time-col t \\
         --output data/mine
     python scripts/preprocess.py --dataset synthetic --output data/synthetic --push-to-hub org/synthetic-sequences
+    python scripts/preprocess.py --dataset ml-1m --item_table genres --output data/ml-1m-genres
     python scripts/preprocess.py --dataset csv --raw-path clicks.csv --timestamp_unit ms --duplicates drop \\
         --output data/clicks
     python scripts/preprocess.py --dataset amazon-books --raw-dir ~/raw/amazon --memory_budget_mb 1024 \\
@@ -32,6 +33,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from hf_hstu.data import PreprocessingConfig, preprocess
+from hf_hstu.data.item_features import ItemTableConfig
 
 
 @dataclass
@@ -92,8 +94,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    source, config, output = HfArgumentParser(
-        (SourceArguments, PreprocessingConfig, OutputArguments), description=__doc__, formatter_class=_HelpFormatter
+    source, config, items, output = HfArgumentParser(
+        (SourceArguments, PreprocessingConfig, ItemTableConfig, OutputArguments),
+        description=__doc__,
+        formatter_class=_HelpFormatter,
     ).parse_args_into_dataclasses()
     if output.output is None and output.push_to_hub is None:
         raise SystemExit("Nothing to do: pass --output and/or --push-to-hub")
@@ -116,8 +120,17 @@ def main() -> None:
         push_to_hub=output.push_to_hub,
         private=output.private,
         memory_budget_mb=output.memory_budget_mb,
+        item_table=items,
     )
-    keys = ("num_users", "num_items", "num_interactions", "num_rows", "exact_duplicates", "source_verified")
+    keys = (
+        "num_users",
+        "num_items",
+        "num_interactions",
+        "num_rows",
+        "exact_duplicates",
+        "source_verified",
+        "item_features",
+    )
     summary = {key: data.metadata[key] for key in keys if key in data.metadata}
     print(f"{source.dataset}: {summary} -> {output.output or output.push_to_hub}")
 

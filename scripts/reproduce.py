@@ -37,6 +37,10 @@ class ReproductionArguments:
         default=False,
         metadata={"help": "Keep the runs output_dir already holds with the same flags; continue a stopped one."},
     )
+    item_features: bool = field(
+        default=False,
+        metadata={"help": "MovieLens: keep the genres and embed them with the item ids in every run (the ablation)."},
+    )
     train_flags: str = field(
         default="", metadata={"help": "scripts/train.py flags for every run, e.g. '--eval_batch_size 512'."}
     )
@@ -59,6 +63,7 @@ def main() -> None:
         command=reproduction_command(sys.argv[1:]),
         markdown_file=args.markdown_file,
         resume=args.resume,
+        item_features=args.item_features,
     )
     print(reproduction.to_markdown())
 

@@ -51,6 +51,7 @@ from datasets.table import InMemoryTable
 from ..progress import progress, quiet_library_progress_bars
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
+from .item_features import ItemTableConfig, attach_item_features, save_item_features
 from .sources import (
     Errors,
     InteractionChunks,
@@ -151,6 +152,7 @@ class SequenceData:
     item_vocabulary: ItemVocabulary
     user_vocabulary: UserVocabulary
     metadata: dict
+    item_features: datasets.Dataset | None = None  # the item table (hf_hstu.data.item_features), saved beside
 
     def save(
         self, output_dir: PathLike, *, format: Literal["arrow", "parquet"] = "arrow", overwrite: bool = False
@@ -171,6 +173,8 @@ class SequenceData:
                 else:
                     for split, dataset in self.dataset.items():
                         dataset.to_parquet(staging / f"{split}.parquet")
+                if self.item_features is not None:
+                    save_item_features(self.item_features, staging, format)
             self.item_vocabulary.save(staging)
             self.user_vocabulary.save(staging)
             (staging / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
@@ -198,6 +202,8 @@ class SequenceData:
             datasets.DatasetDict(aligned).push_to_hub(repo_id, private=private, token=token)
             paths = [self.item_vocabulary.save(folder), self.user_vocabulary.save(folder), Path(folder) / METADATA_FILE]
             paths[-1].write_text(json.dumps(self.metadata, indent=2), encoding="utf-8")
+            if self.item_features is not None:
+                paths.append(save_item_features(self.item_features, folder, "parquet"))
             api = huggingface_hub.HfApi(token=token)
             for path in paths:
                 api.upload_file(
@@ -584,6 +590,7 @@ def preprocess(
     push_to_hub: str | None = None,
     private: bool | None = None,
     memory_budget_mb: float | None = None,
+    item_table: ItemTableConfig | None = None,
 ) -> SequenceData:
     """Load a dataset (see :func:`~hf_hstu.data.sources.load_raw_interactions`), build its sequences, and save them
     to ``output_dir`` (atomically) and/or push them to the Hub dataset repo ``push_to_hub``.
@@ -598,6 +605,7 @@ def preprocess(
         memory_budget_mb: stream instead of loading everything: read in chunks, sort externally and write the
             splits shard by shard, with peak memory following this budget rather than the data (see
             :mod:`hf_hstu.data.streaming`; needs ``output_dir``). None: in memory.
+        item_table: where the item features come from (:mod:`~hf_hstu.data.item_features`); kept beside the splits.
     """
     if output_dir is not None:
         _check_output(Path(output_dir), overwrite)
@@ -620,6 +628,11 @@ def preprocess(
 
         if output_dir is None:
             raise ValueError("streaming preprocessing (memory_budget_mb) writes its result to output_dir: pass one")
+        if item_table is not None and item_table.item_table is not None:
+            raise ValueError(
+                "streaming preprocessing (memory_budget_mb) does not build item tables yet: preprocess without "
+                "memory_budget_mb to keep the item features"
+            )
         chunks = InteractionChunks(
             dataset, **reading, chunk_bytes=StreamingBudget.from_megabytes(memory_budget_mb).chunk_bytes
         )
@@ -641,6 +654,8 @@ def preprocess(
         phases.update()
         phases.set_description(f"{dataset}: sort, filter, group")
         data = build_sequences(interactions.pop(), config, dataset_name=dataset)
+        if item_table is not None and item_table.item_table is not None:
+            attach_item_features(data, dataset, item_table, raw_dir, raw_path, cache_dir)
         phases.update()
         phases.set_description(f"{dataset}: save")
         if output_dir is not None:

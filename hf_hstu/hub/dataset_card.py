@@ -63,6 +63,17 @@ def preprocessing_command(metadata: Mapping[str, Any], output: str | None = None
     for name, value in (metadata.get("config") or {}).items():
         if name in defaults and value != defaults[name]:
             arguments += [f"--{name.replace('_', '-')}", str(value)]
+    items = metadata.get("item_features")
+    if items and items["source"] == "genres":
+        arguments += ["--item_table", "genres"]
+    elif items:  # the table file is machine-local: a placeholder, with the columns it was read with
+        arguments += ["--item_table", "ITEM_TABLE", "--item_table_id_col", items["id_col"]]
+        arguments += [
+            "--item_feature_cols",
+            ",".join(items["features"]),
+            "--item_feature_separator",
+            items["separator"],
+        ]
     arguments += ["--output", output or f"data/{dataset}"]
     return shlex.join(arguments)
 

@@ -12,6 +12,7 @@ from huggingface_hub import CommitOperationAdd, DatasetCard, HfApi, ModelCard
 from huggingface_hub import constants as hub_constants
 
 from ..data import METADATA_FILE, ItemVocabulary, SequenceData, UserVocabulary, load_sequences
+from ..data.item_features import load_item_features
 from .dataset_card import build_dataset_card, restricted_source
 from .model_card import build_model_card
 
@@ -154,7 +155,13 @@ def push_dataset(dataset_dir: str | Path, repo_id: str, private: bool = False, i
             repo_id,
             note,
         )
-    data = SequenceData(load_sequences(folder), ItemVocabulary.load(folder), UserVocabulary.load(folder), metadata)
+    data = SequenceData(
+        load_sequences(folder),
+        ItemVocabulary.load(folder),
+        UserVocabulary.load(folder),
+        metadata,
+        item_features=load_item_features(folder),  # items.parquet beside the splits, when the folder has one
+    )
     data.push_to_hub(repo_id, private=private)
     existing = DatasetCard.load(repo_id, repo_type="dataset").data  # datasets' dataset_info and configs
     build_dataset_card(metadata, repo_id, existing).push_to_hub(

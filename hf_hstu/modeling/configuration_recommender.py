@@ -111,6 +111,17 @@ class SequentialRecommenderConfig(PreTrainedConfig):
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the initialisation of the item embeddings (truncated normal, cut at two standard
             deviations, as the research code) and of HSTU's uvqk projection and relative bias tables (normal).
+        item_feature_names (`list[str]`, *optional*):
+            Names of the categorical item features (e.g. `["genres"]`); `None`: items are ids only.
+        item_feature_vocab_sizes (`list[int]`, *optional*):
+            Categories of each feature (codes `1..size`; 0 = no value). Given together with the two fields around it.
+            Their embeddings are initialised as the item embeddings (truncated normal, padding row zero).
+        item_feature_max_values (`list[int]`, *optional*):
+            Most categories one item has in each feature (a film's genres: several).
+        item_feature_pooling (`str`, *optional*, defaults to `"mean"`):
+            How an item's categories of one feature are combined: `"mean"` or `"sum"` of their embeddings. An item
+            is embedded as its id embedding plus the sum over features (`ItemFeatureEmbeddings`), both in the input
+            tokens and in the item table the similarity scores; the item -> category table is a buffer of the model.
 
     Initialisation (the research code's effective one; `_init_weights`): item embeddings truncated normal as above
     (row 0, the padding id, zero: the research code leaves a random, never-used row there). The parameters of the
@@ -155,6 +166,10 @@ class SequentialRecommenderConfig(PreTrainedConfig):
     mol_softmax_dropout: float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
     mol_temperature: float = interval(min=0.0, exclude_min=True)(default=1.0)
     initializer_range: float = interval(min=0.0, max=1.0)(default=0.02)
+    item_feature_names: list[str] | None = None
+    item_feature_vocab_sizes: list[int] | None = None
+    item_feature_max_values: list[int] | None = None
+    item_feature_pooling: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self, **kwargs):
         """Warn about keyword arguments (or config.json keys) that are no field of this config, naming the closest
@@ -175,6 +190,30 @@ class SequentialRecommenderConfig(PreTrainedConfig):
         """Part of `@strict` validation: a BCE temperature, when given, is positive."""
         if self.bce_temperature is not None and not self.bce_temperature > 0:
             raise ValueError(f"bce_temperature must be positive or None, got {self.bce_temperature}.")
+
+    def validate_item_features(self):
+        """Part of `@strict` validation: the three item-feature lists are given together, one entry per feature."""
+        lists = {
+            "item_feature_names": self.item_feature_names,
+            "item_feature_vocab_sizes": self.item_feature_vocab_sizes,
+            "item_feature_max_values": self.item_feature_max_values,
+        }
+        given = [name for name, value in lists.items() if value is not None]
+        if not given:
+            return
+        if len(given) != 3 or len({len(value) for value in lists.values()}) != 1 or not self.item_feature_names:
+            raise ValueError(
+                f"item_feature_names, item_feature_vocab_sizes and item_feature_max_values must be given together, "
+                f"with one entry per feature; got {lists}."
+            )
+        for name in ("item_feature_vocab_sizes", "item_feature_max_values"):
+            if any(not isinstance(value, int) or value < 1 for value in lists[name]):
+                raise ValueError(f"{name} must hold positive integers, got {lists[name]}.")
+
+    @property
+    def has_item_features(self) -> bool:
+        """Whether items are embedded with categorical features besides their id."""
+        return self.item_feature_names is not None
 
     @property
     def max_training_events(self) -> int:

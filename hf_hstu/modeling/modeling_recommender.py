@@ -18,6 +18,7 @@ from .cache_recommender import CachedBlock, CacheStep, SequentialRecommenderCach
 from .checkpoint_files import naming_corrupt_weights
 from .configuration_recommender import SequentialRecommenderConfig
 from .input_preprocessors import INPUT_PREPROCESSORS, LearnablePositionalInputPreprocessor, build_output_postprocessor
+from .item_features import ItemFeatureEmbeddings
 from .losses import build_loss
 from .retrieval import top_k_items
 from .similarity import Similarity, build_similarity
@@ -177,6 +178,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         super().__init__(config)
         self._length_group_size: int | None = None
         self.item_embeddings = nn.Embedding(config.num_items + 1, config.hidden_size, padding_idx=0)
+        self.item_features = ItemFeatureEmbeddings(config) if config.has_item_features else None
         self.input_preprocessor = INPUT_PREPROCESSORS[config.input_preprocessor](config)
         self.output_postprocessor = build_output_postprocessor(config)
         self.similarity = build_similarity(config)
@@ -206,9 +208,40 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         """Whether the input preprocessor reads `ratings`."""
         return self.config.input_preprocessor != "learnable_positional"
 
-    def item_table(self) -> torch.Tensor:
-        """(num_items + 1, R) item representations that the similarity scores users against (row 0 = padding)."""
-        return self.similarity.item_table(self.item_embeddings.weight)
+    def embed_items(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """(..., D) input embedding of `item_ids` (any shape): the id embedding, plus the item's feature embedding
+        when the config has item features."""
+        embeddings = self.item_embeddings(item_ids)
+        if self.item_features is not None:
+            embeddings = embeddings + self.item_features(item_ids)
+        return embeddings
+
+    def item_weight(self, cold_start_items: bool = False) -> torch.Tensor:
+        """(num_items + 1, D) embedding of every item (`embed_items` of 0..num_items; row 0 = padding). With
+        `cold_start_items`, items that never occurred in training (`item_features.trained_items`) are embedded from
+        their features alone: their id embedding, never trained as an input, is left out."""
+        weight = self.item_embeddings.weight
+        if self.item_features is None:
+            if cold_start_items:
+                raise ValueError(
+                    "cold_start_items needs item features (config.item_feature_names): this model has none."
+                )
+            return weight
+        if cold_start_items:
+            weight = weight * self.item_features.trained_items.unsqueeze(1).to(weight.dtype)
+        return weight + self.item_features()
+
+    def item_table(self, cold_start_items: bool = False) -> torch.Tensor:
+        """(num_items + 1, R) item representations that the similarity scores users against (row 0 = padding); see
+        `item_weight` for `cold_start_items`."""
+        return self.similarity.item_table(self.item_weight(cold_start_items))
+
+    def set_item_features(self, feature_codes: torch.Tensor, trained_items: torch.Tensor | None = None) -> None:
+        """Store the item -> category table (and which items occurred in training) in the model's buffers, so that
+        the checkpoint carries them (see `ItemFeatureEmbeddings.set_table`)."""
+        if self.item_features is None:
+            raise ValueError("This model has no item features (config.item_feature_names is None).")
+        self.item_features.set_table(feature_codes, trained_items)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.item_embeddings
@@ -401,7 +434,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
 
     def _encode_events(self, batch: EventBatch) -> torch.Tensor:
         """(B, W, D) post-processed output embedding of each event, zero at padding."""
-        item_embeddings = self.item_embeddings(batch.input_ids)
+        item_embeddings = self.embed_items(batch.input_ids)
         tokens, token_mask, token_timestamps = self.input_preprocessor(
             item_embeddings, batch.attention_mask, batch.timestamps, batch.ratings
         )
@@ -579,7 +612,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             return None if tensor is None else tensor.gather(1, event_positions) * event_mask
 
         tokens, _, _ = self.input_preprocessor(
-            self.item_embeddings(block_of(step.input_ids)),
+            self.embed_items(block_of(step.input_ids)),
             event_mask,
             block_of(step.timestamps),
             block_of(step.ratings),
@@ -759,6 +792,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         candidate_ids: torch.LongTensor | None = None,
         ratings: torch.LongTensor | None = None,
         cache: SequentialRecommenderCache | None = None,
+        cold_start_items: bool = False,
     ) -> RecommendationOutput:
         r"""
         Top-k next items for each history, scored against the whole catalogue (or `candidate_ids`).
@@ -778,6 +812,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             cache (`SequentialRecommenderCache`, *optional*):
                 Rank from cached histories: the inputs are then the new events (or `input_ids=None`), appended to the
                 cache in place, and `filter_seen` filters every item given to the cache so far.
+            cold_start_items (`bool`): score the items that never occurred in training from their features alone
+                (their untrained id embedding left out; see `item_weight`). Needs item features.
 
         Returns:
             [`RecommendationOutput`] with `item_ids` and `scores` of shape `(batch_size, k)`, best first. The padding
@@ -815,6 +851,6 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             if ((candidate_ids < 1) | (candidate_ids > self.config.num_items)).any():
                 raise ValueError(f"candidate_ids must be item ids in [1, {self.config.num_items}].")
         item_ids, scores = top_k_items(
-            user_embeddings, self.item_table(), self.similarity, k, exclude_ids, candidate_ids
+            user_embeddings, self.item_table(cold_start_items), self.similarity, k, exclude_ids, candidate_ids
         )
         return RecommendationOutput(item_ids=item_ids, scores=scores)

@@ -121,6 +121,13 @@ class DataArguments:
     )
     raw_dir: str | None = field(default=None, metadata={"help": "Raw files of a named dataset already on disk."})
     protocol: str = field(default="leave_one_out", metadata={"help": "Split protocol when building a dataset."})
+    item_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Embed the items' categorical features with their ids: the item table of a preprocessed dataset "
+            "(preprocess.py --item_table), or the genres of a MovieLens dataset built by name."
+        },
+    )
     dataloader_num_workers: int = field(default=0)
     sample_ratio: float = field(
         default=1.0,

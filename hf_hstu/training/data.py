@@ -5,9 +5,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import DatasetDict, IterableDataset
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset
 from datasets.distributed import split_dataset_by_node
 from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 
 from ..data import (
     METADATA_FILE,
@@ -17,6 +21,7 @@ from ..data import (
     load_sequences,
     preprocess,
 )
+from ..data.item_features import ITEMS_PARQUET, ItemFeatureTable, ItemTableConfig, load_item_features
 from ..evaluation.beyond_accuracy import ItemPopularity
 from ..hub.model_card import LEAVE_ONE_OUT_PROTOCOL, dataset_display_name
 from .arguments import DataArguments
@@ -44,6 +49,7 @@ class TrainingData:
     collator: SequenceCollator  # evaluation: whole histories (the loop builds the training one from the config)
     metadata: dict
     reference: str = ""  # how a command names the dataset: its Hub id, its name, or data/<name> for a local folder
+    item_features: ItemFeatureTable | None = None  # with DataArguments.item_features
 
     def item_popularity(self) -> ItemPopularity:
         """Training popularity of each item (the train split's events and users), for ARP, novelty, serendipity."""
@@ -74,6 +80,7 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         vocabulary = ItemVocabulary.load(path)
         metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
         reference = f"data/{metadata.get('dataset', path.name)}"
+        items = load_item_features(path) if data_args.item_features else None
     elif _HUB_ID.fullmatch(data_args.dataset):
         splits = load_sequences(data_args.dataset)  # FileNotFoundError naming it if it is not on the Hub either
         vocabulary = ItemVocabulary.load(
@@ -81,15 +88,29 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         )
         metadata_file = hf_hub_download(data_args.dataset, METADATA_FILE, repo_type="dataset")
         metadata = json.loads(Path(metadata_file).read_text(encoding="utf-8"))
+        items = _hub_item_features(data_args.dataset) if data_args.item_features else None
     else:
         if any(separator in data_args.dataset for separator in ("/", "\\")):
             raise FileNotFoundError(f"Dataset folder not found: {path}")
         built = preprocess(
-            data_args.dataset, config=PreprocessingConfig(split=data_args.protocol), raw_dir=data_args.raw_dir
+            data_args.dataset,
+            config=PreprocessingConfig(split=data_args.protocol),
+            raw_dir=data_args.raw_dir,
+            item_table=ItemTableConfig(item_table="genres") if data_args.item_features else None,
         )
         splits, vocabulary, metadata = built.dataset, built.item_vocabulary, built.metadata
+        items = built.item_features
     if "train" not in splits or "test" not in splits:
         raise ValueError(f"{data_args.dataset}: expected train and test splits, found {sorted(splits)}.")
+    if data_args.item_features and items is None:
+        raise FileNotFoundError(
+            f"{data_args.dataset} has no item table (items/ or {ITEMS_PARQUET}) for item_features: preprocess it "
+            "with `python scripts/preprocess.py ... --item_table genres` (MovieLens) or `--item_table FILE`."
+        )
+    if items is not None and len(items) != vocabulary.num_items:
+        raise ValueError(
+            f"{data_args.dataset}: the item table has {len(items)} rows but the vocabulary {vocabulary.num_items} items."
+        )
     return TrainingData(
         name=dataset_display_name(metadata.get("dataset", data_args.dataset), metadata),
         splits=splits,
@@ -97,6 +118,7 @@ def load_training_data(data_args: DataArguments, max_seq_len: int) -> TrainingDa
         collator=SequenceCollator(max_seq_len=max_seq_len),
         metadata=metadata,
         reference=reference,
+        item_features=ItemFeatureTable.from_dataset(items) if items is not None else None,
     )
 
 
@@ -115,3 +137,21 @@ def streaming_train_split(
     num_shards = min(len(train), num_processes * shards_per_process)
     iterable = train.to_iterable_dataset(num_shards=num_shards).shuffle(seed=seed, buffer_size=1_000)
     return split_dataset_by_node(iterable, rank=process_index, world_size=num_processes)
+
+
+def _hub_item_features(repo_id: str) -> Dataset | None:
+    """The item table pushed beside a Hub dataset's splits, or None."""
+    try:
+        return Dataset.from_parquet(hf_hub_download(repo_id, ITEMS_PARQUET, repo_type="dataset"))
+    except EntryNotFoundError:
+        return None
+
+
+def set_model_item_features(model: torch.nn.Module, data: TrainingData) -> None:
+    """Give a model built with `data.item_features` its item -> category table and the items of the train split
+    (the others are cold-start items, see `recommend(cold_start_items=True)`); nothing without item features."""
+    if data.item_features is None:
+        return
+    trained = np.zeros(data.vocabulary.num_items + 1, dtype=bool)
+    trained[pc.list_flatten(data.splits["train"].data.column("item_ids")).to_numpy()] = True
+    model.set_item_features(torch.from_numpy(data.item_features.feature_ids), torch.from_numpy(trained))

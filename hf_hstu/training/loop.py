@@ -39,7 +39,7 @@ from ..hub.push import push_checkpoint, write_run_model_card
 from ..modeling.configuration_recommender import SequentialRecommenderConfig
 from ..progress import PhaseProgress, quiet_library_progress_bars
 from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
-from .data import TrainingData, load_training_data
+from .data import TrainingData, load_training_data, set_model_item_features
 from .launch import check_process_launch
 from .model_config import MODEL_CLASSES, build_model_config
 from .objective import TrainingObjective, train_item_ids
@@ -371,12 +371,13 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
 
     with accelerator.main_process_first():
         data: TrainingData = load_training_data(data_args, model_args.max_seq_len)
-    config = build_model_config(model_args, data.vocabulary.num_items)
+    config = build_model_config(model_args, data.vocabulary.num_items, data.item_features)
     checkpoint_path = _find_checkpoint(output_dir, training_args.resume_from_checkpoint) if resuming else None
     dataset_signature = _dataset_signature(data)  # stored in every checkpoint
     if checkpoint_path is not None:
         _check_resumable(checkpoint_path, config, dataset_signature)
     model = _with_runtime_settings(MODEL_CLASSES[model_args.model_type][1](config), training_args)
+    set_model_item_features(model, data)
     if training_args.torch_compile:
         _compile_blocks(model)
     optimizer = torch.optim.AdamW(

@@ -5,6 +5,7 @@ import difflib
 
 from transformers import PreTrainedConfig
 
+from ..data.item_features import ItemFeatureTable
 from ..modeling.configuration_hstu import HSTUConfig
 from ..modeling.configuration_recommender import SequentialRecommenderConfig
 from ..modeling.configuration_sasrec import SASRecConfig
@@ -15,8 +16,10 @@ from .arguments import ModelArguments
 MODEL_CLASSES = {"hstu": (HSTUConfig, HSTUModel), "sasrec": (SASRecConfig, SASRecModel)}
 
 
-def build_model_config(model_args: ModelArguments, num_items: int) -> SequentialRecommenderConfig:
-    """The model config of `model_args` for a catalogue of `num_items` items."""
+def build_model_config(
+    model_args: ModelArguments, num_items: int, item_features: ItemFeatureTable | None = None
+) -> SequentialRecommenderConfig:
+    """The model config of `model_args` for a catalogue of `num_items` items (with `item_features`' fields)."""
     if model_args.model_type not in MODEL_CLASSES:
         raise ValueError(f"model_type must be one of {sorted(MODEL_CLASSES)}, got '{model_args.model_type}'.")
     config_class = MODEL_CLASSES[model_args.model_type][0]
@@ -50,6 +53,8 @@ def build_model_config(model_args: ModelArguments, num_items: int) -> Sequential
             hidden_act=model_args.hidden_act,
             post_attention_layernorm_affine=model_args.post_attention_layernorm_affine,
         )
+    if item_features is not None:
+        values.update(item_features.config_fields())
     values.update(_parse_overrides(model_args.config_overrides, config_class))
     return config_class(**values)
 
