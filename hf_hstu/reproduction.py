@@ -27,7 +27,7 @@ from .hub.model_card import dataset_display_name, format_duration
 from .hub.push import describe_hardware
 from .training.arguments import PRESETS, parse_training_arguments
 from .training.data import PROTOCOL_DESCRIPTIONS
-from .training.loop import CHECKPOINT_COMPLETE_FILE, CHECKPOINTS_DIR, TrainingResult, train
+from .training.loop import TrainingResult, complete_checkpoints, train
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def reproduce(
             )
             logger.info("Reproduction of %s: %s, seed %d%s", setup.name, model, seed, ", kept" if kept else "")
             argv = [*flags, "--dataset", str(data_dir), "--seed", str(seed), "--output_dir", str(run_dir)]
-            argv += ["--resume_from_checkpoint", "latest"] if resume and _has_complete_checkpoint(run_dir) else []
+            argv += ["--resume_from_checkpoint", "latest"] if resume and complete_checkpoints(run_dir) else []
             reproduction.records.append(kept[0] if kept else _train_run(model, seed, preset, flags, argv))
             reproduction.wall_seconds = time.perf_counter() - start
             write_reproduction(reproduction, output_dir, markdown_file)  # after each run, kept ones too
@@ -345,11 +345,6 @@ def _previous_reproduction(output_dir: Path, dataset: str) -> Reproduction | Non
             f"{path} records a reproduction on {previous.dataset}, not {dataset}: resume in another folder."
         )
     return previous
-
-
-def _has_complete_checkpoint(run_dir: Path) -> bool:
-    folders = (run_dir / CHECKPOINTS_DIR).glob("epoch_*")
-    return any(folder.suffix != ".tmp" and (folder / CHECKPOINT_COMPLETE_FILE).is_file() for folder in folders)
 
 
 def write_reproduction(reproduction: Reproduction, output_dir: Path, markdown_file: Path) -> None:

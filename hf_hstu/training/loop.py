@@ -646,6 +646,12 @@ def _checkpoints(folder: Path, complete_only: bool) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints of the run in `output_dir`, oldest first (what `--resume_from_checkpoint latest` picks
+    from)."""
+    return _checkpoints(Path(output_dir) / CHECKPOINTS_DIR, complete_only=True)
+
+
 def _config_differences(saved: dict, current: dict) -> list[str]:
     names = (set(saved) | set(current)) - _NON_ARCHITECTURE_KEYS
     return sorted(
@@ -669,7 +675,7 @@ def _find_checkpoint(output_dir: Path, resume_from_checkpoint: str) -> Path:
             )
         return path
     folder = output_dir / CHECKPOINTS_DIR
-    folders, complete = _checkpoints(folder, complete_only=False), _checkpoints(folder, complete_only=True)
+    folders, complete = _checkpoints(folder, complete_only=False), complete_checkpoints(output_dir)
     if not complete:
         raise FileNotFoundError(
             f"No complete checkpoint to resume from in {folder}"
