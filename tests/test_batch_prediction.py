@@ -2,22 +2,18 @@
 unknown items and users without a known item reported; bad input named; 2 processes give the single-process file."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from launch_testing import REPO_ROOT, free_port, run_in_process_group
 from recommender_testing import NUM_ITEMS, tiny_model
 
 from hf_hstu import Recommender
 from hf_hstu.data import ItemVocabulary, MalformedInputError
 from hf_hstu.serving.batch_prediction import BatchPredictionArguments, recommend_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RAW_IDS = [f"B{number:04d}" for number in range(NUM_ITEMS)]  # string ids, like Amazon ASINs
 
 # u2 has two events of an unknown item, u3 only unknown items; users appear interleaved, each in time order.
@@ -151,32 +147,6 @@ def test_faiss_index_searching_every_list_is_exact(checkpoint, tmp_path):
     assert approximate["score"].tolist() == pytest.approx(exact["score"].tolist(), abs=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run in its own process group, killed whole on a timeout (no rank outlives the test)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command)} did not finish in {timeout} s (killed):\n{stderr[-5000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 @pytest.mark.slow
 def test_two_processes_write_the_single_process_file(checkpoint, tmp_path):
     rows = [(f"user{u}", RAW_IDS[(3 * u + i) % NUM_ITEMS], 1000 * u + i) for u in range(23) for i in range(1 + u % 6)]
@@ -186,13 +156,15 @@ def test_two_processes_write_the_single_process_file(checkpoint, tmp_path):
     common = ["--model", str(checkpoint), "--input", str(path), "--k", "5", "--batch_size", "4"]
     common += ["--request_time", "999999"]
 
-    single = _run([sys.executable, script, *common, "--output", str(tmp_path / "one.parquet")], tmp_path)
+    single = run_in_process_group(
+        [sys.executable, script, *common, "--output", str(tmp_path / "one.parquet")], tmp_path
+    )
     assert single.returncode == 0, single.stderr[-5000:]
     assert json.loads(single.stdout)["users_without_known_items"] == ["user-new"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(_free_port())]
-    double = _run([*launch, script, *common, "--output", str(tmp_path / "two.parquet")], tmp_path)
+    launch += ["--main_process_port", str(free_port())]
+    double = run_in_process_group([*launch, script, *common, "--output", str(tmp_path / "two.parquet")], tmp_path)
     assert double.returncode == 0, double.stderr[-5000:]
 
     summary = json.loads((tmp_path / "two.summary.json").read_text())
@@ -207,7 +179,7 @@ def test_two_processes_write_the_single_process_file(checkpoint, tmp_path):
 def test_script_names_a_bad_row(checkpoint, tmp_path):
     path = _write(tmp_path, [("u1", "B0001", 10), ("u1", "B0002", -4)], "h.csv")
     script = str(REPO_ROOT / "scripts" / "recommend.py")
-    result = _run(
+    result = run_in_process_group(
         [sys.executable, script, "--model", str(checkpoint), "--input", str(path), "--output", "r.parquet"], tmp_path
     )
     assert result.returncode != 0

@@ -3,19 +3,15 @@ both ranks end with the same parameters, equal to the single-process ones, and t
 metrics."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from launch_testing import REPO_ROOT, free_port, run_successfully
 from recommender_testing import TINY_TRAINING_ARGUMENTS, save_tiny_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ARGUMENTS = ["--num_epochs", "1", "--max_steps", "4", "--dropout", "0.0", *TINY_TRAINING_ARGUMENTS]
 TRAIN_ARGUMENTS[TRAIN_ARGUMENTS.index("--batch_size") + 1] = "8"  # 4 steps of a small global batch
 TRAIN_ARGUMENTS[TRAIN_ARGUMENTS.index("--eval_batch_size") + 1] = "16"  # uneven last evaluation batch
@@ -54,32 +50,6 @@ LAUNCHER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run(command: list[str], cwd: Path, timeout: float = 300) -> None:
-    """Run a launch in its own process group; on a timeout kill the whole group, so that no rank outlives the test."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",  # two ranks share the cores
-    }
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command)} did not finish in {timeout} s (killed):\n{stderr[-5000:]}")
-    assert process.returncode == 0, f"{' '.join(command)} failed:\n{stderr[-5000:]}"
-
-
 def _train(tmp_path: Path, dataset: Path, name: str, num_processes: int) -> tuple[list[dict], dict]:
     """Train on `num_processes` processes; returns each rank's {"initial", "final"} state dicts and results.json."""
     dump_dir = tmp_path / f"{name}_parameters"
@@ -111,10 +81,10 @@ def _train(tmp_path: Path, dataset: Path, name: str, num_processes: int) -> tupl
             "--dynamo_backend",
             "no",
             "--main_process_port",
-            str(_free_port()),
+            str(free_port()),
             *arguments,
         ]
-    _run(command, tmp_path)
+    run_successfully(command, tmp_path)
     parameters = [torch.load(dump_dir / f"rank{rank}.pt") for rank in range(num_processes)]
     return parameters, json.loads((tmp_path / name / "results.json").read_text())
 

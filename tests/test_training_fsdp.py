@@ -8,11 +8,7 @@ rest (sharding, gathering, saving, checkpoints) is accelerate's and the package'
 """
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from launch_testing import REPO_ROOT, free_port, run_successfully
 from recommender_testing import TINY_TRAINING_ARGUMENTS, save_tiny_dataset
 
 from hf_hstu.modeling.modeling_hstu import HSTUModel
 from hf_hstu.training.launch import check_process_launch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FSDP_CONFIG = REPO_ROOT / "scripts" / "configs" / "accelerate" / "fsdp.yaml"
 TRAIN_ARGUMENTS = ["--num_epochs", "1", "--max_steps", "4", "--dropout", "0.0", *TINY_TRAINING_ARGUMENTS]
 TRAIN_ARGUMENTS[TRAIN_ARGUMENTS.index("--batch_size") + 1] = "8"  # 4 steps of a small global batch
@@ -86,32 +82,6 @@ LAUNCHER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _run(command: list[str], cwd: Path, timeout: float = 300) -> None:
-    """Run a launch in its own process group; on a timeout kill the whole group, so that no rank outlives the test."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",  # two ranks share the cores
-    }
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command)} did not finish in {timeout} s (killed):\n{stderr[-5000:]}")
-    assert process.returncode == 0, f"{' '.join(command)} failed:\n{stderr[-5000:]}"
-
-
 def _train(tmp_path: Path, dataset: Path, name: str, fsdp: bool, *extra: str) -> dict:
     """Train (2 FSDP processes or 1 plain process); returns the recorded shards, final tensors and results.json."""
     dump_dir = tmp_path / f"{name}_dump"
@@ -139,10 +109,10 @@ def _train(tmp_path: Path, dataset: Path, name: str, fsdp: bool, *extra: str) ->
             "--num_processes",
             "2",
             "--main_process_port",
-            str(_free_port()),
+            str(free_port()),
             *arguments,
         ]
-    _run(command, tmp_path)
+    run_successfully(command, tmp_path)
     return {
         "shards": [json.loads((dump_dir / f"rank{rank}.json").read_text()) for rank in range(2 if fsdp else 1)],
         "final": torch.load(dump_dir / "final.pt"),
