@@ -136,6 +136,14 @@ class DataArguments:
             "code's sample_ratio; drawn anew each epoch, seeded). 1: whole histories."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the train split (a datasets.IterableDataset read shard by shard, reshuffled each epoch) "
+            "instead of sampling the memory-mapped rows; each process reads its own shards, and every epoch has "
+            "len(train) // batch_size steps on every process."
+        },
+    )
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import set_seed
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
@@ -39,7 +40,7 @@ from ..hub.push import push_checkpoint, write_run_model_card
 from ..modeling.configuration_recommender import SequentialRecommenderConfig
 from ..progress import PhaseProgress, quiet_library_progress_bars
 from .arguments import MACHINE_LOCAL_FIELDS, DataArguments, ModelArguments, RecTrainingArguments, reproducing_arguments
-from .data import TrainingData, load_training_data, set_model_item_features
+from .data import TrainingData, load_training_data, set_model_item_features, streaming_train_split
 from .launch import check_process_launch
 from .model_config import MODEL_CLASSES, build_model_config
 from .objective import TrainingObjective, train_item_ids
@@ -206,6 +207,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     train_loader: DataLoader
+    batches_per_epoch: int  # the loader's length; capped with --streaming, where the stream has none
     eval_loaders: dict
     objective: TrainingObjective
     state: TrainingState
@@ -220,7 +222,7 @@ class _Run:
 
     @property
     def epochs_done(self) -> float:
-        return self.state.epochs_done(len(self.train_loader))
+        return self.state.epochs_done(self.batches_per_epoch)
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: RecTrainingArguments) -> TrainingResult:
@@ -240,7 +242,7 @@ def _train(run: _Run) -> TrainingResult:
     meter = ThroughputMeter()
     stop = args.max_steps is not None and state.global_step >= args.max_steps
     for epoch in range(state.epoch, 0 if stop else args.num_epochs):
-        run.train_loader.set_epoch(epoch)  # the prepared loader passes it to EpochSeededSampler (also after a resume)
+        run.train_loader.set_epoch(epoch)  # passed to EpochSeededSampler or the stream's shuffle (also after a resume)
         run.train_loader.collate_fn.set_epoch(epoch)  # this epoch's sample_ratio draws
         batches = run.train_loader
         if state.batches_in_epoch:  # resumed in the middle of this epoch: skip the batches already trained on
@@ -256,7 +258,7 @@ def _train(run: _Run) -> TrainingResult:
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
-            epoch_end = state.batches_in_epoch == len(run.train_loader)
+            epoch_end = state.batches_in_epoch == run.batches_per_epoch
             if epoch_end:
                 state.epoch, state.batches_in_epoch = epoch + 1, 0
             progress.set_postfix(loss=f"{loss:.4f}")
@@ -283,6 +285,12 @@ def _train(run: _Run) -> TrainingResult:
         progress.close()
         if stop:
             break
+        if state.epoch == epoch:  # only a stream can end early: this process's shards were too short
+            raise RuntimeError(
+                f"Process {accelerator.process_index}'s training data ended after {state.batches_in_epoch} of the "
+                f"epoch's {run.batches_per_epoch} batches; every process must take the same steps. Use fewer "
+                "processes or a larger batch_size, or train without --streaming."
+            )
     return _finish(run, seconds_before + time.perf_counter() - start_time)
 
 
@@ -386,20 +394,25 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         weight_decay=training_args.weight_decay,
     )
-    train_loader = DataLoader(
-        data.splits["train"],
-        batch_size=training_args.batch_size,
-        sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
-        # Training rows keep the events the loss reads (one more than max_seq_len with the research window).
-        collate_fn=SequenceCollator(
-            config.max_seq_len,
-            training_window=config.max_training_events,
-            sample_ratio=data_args.sample_ratio,
-            seed=training_args.seed,
-        ),
-        num_workers=data_args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(training_args.seed),  # not the global RNG that dropout draws from
+    # Training rows keep the events the loss reads (one more than max_seq_len with the research window).
+    collator = SequenceCollator(
+        config.max_seq_len,
+        training_window=config.max_training_events,
+        sample_ratio=data_args.sample_ratio,
+        seed=training_args.seed,
     )
+    if data_args.streaming:
+        train_loader, batches_per_epoch = _streaming_train_loader(data, collator, data_args, training_args, accelerator)
+    else:
+        train_loader = DataLoader(
+            data.splits["train"],
+            batch_size=training_args.batch_size,
+            sampler=EpochSeededSampler(len(data.splits["train"]), training_args.seed),
+            collate_fn=collator,
+            num_workers=data_args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(training_args.seed),  # not the global RNG that dropout draws from
+        )
+        batches_per_epoch = len(train_loader)
     eval_loaders = {
         split: DataLoader(
             data.splits[split],
@@ -411,8 +424,10 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         for split in ("validation", "test")
         if split in data.splits
     }
-    scheduler = _lr_scheduler(optimizer, training_args, batches_per_epoch=len(train_loader))
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    scheduler = _lr_scheduler(optimizer, training_args, batches_per_epoch)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if not data_args.streaming:  # the streaming loader is this process's already
+        train_loader = accelerator.prepare(train_loader)
     if isinstance(model, FSDPModule):
         _keep_item_table_gathered(model)
     eval_loaders = {split: accelerator.prepare(loader) for split, loader in eval_loaders.items()}
@@ -429,6 +444,7 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=train_loader,
+        batches_per_epoch=batches_per_epoch,
         eval_loaders=eval_loaders,
         objective=TrainingObjective(config, training_args.seed, item_ids),
         state=TrainingState(),
@@ -450,6 +466,40 @@ def _setup(model_args: ModelArguments, data_args: DataArguments, training_args: 
         )
     model.train()
     return run
+
+
+def _streaming_train_loader(
+    data: TrainingData,
+    collator: SequenceCollator,
+    data_args: DataArguments,
+    args: RecTrainingArguments,
+    accelerator: Accelerator,
+) -> tuple[DataLoader, int]:
+    """This process's loader over the streamed train split (`streaming_train_split`) and its batches per epoch:
+    batches of batch_size / num_processes rows, len(train) // batch_size of them each epoch on every process (the
+    processes' shards differ by a few rows; a short last batch keeps the count), on the accelerator's device.
+
+    Prepared as a single process's loader, so that accelerate neither dispatches nor splits it again but still moves
+    the batches and marks the epoch's last batch (gradient accumulation steps there)."""
+    batches = len(data.splits["train"]) // args.batch_size
+    if batches == 0:
+        raise ValueError(
+            f"--streaming: the train split has {len(data.splits['train'])} sequences, fewer than one batch "
+            f"(batch_size {args.batch_size})."
+        )
+    rows = args.batch_size // accelerator.num_processes
+    stream = streaming_train_split(data, args.seed, accelerator.process_index, accelerator.num_processes)
+    loader = DataLoader(
+        stream.take(batches * rows),
+        batch_size=rows,
+        collate_fn=collator,
+        num_workers=data_args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),  # not the global RNG that dropout draws from
+    )
+    loader = prepare_data_loader(
+        loader, device=accelerator.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
+    )
+    return loader, batches
 
 
 def _keep_item_table_gathered(model: torch.nn.Module) -> None:
