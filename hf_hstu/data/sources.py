@@ -25,6 +25,7 @@ locate its bad lines.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -900,7 +901,8 @@ def _iter_delimited(
     parse_options = _delimited_parse_options(path, delimiter, fields, names, unparsed)
     include = [*fields.values(), *separators]
     yielded = 0
-    try:
+    # A block the typed parse cannot read raises ArrowInvalid: the checked parse below finds and names the bad line.
+    with contextlib.suppress(pa.ArrowInvalid):
         typed = pa_csv.open_csv(  # parses the first block already
             path,
             read_options=pa_csv.ReadOptions(column_names=names, block_size=_READ_BLOCK),
@@ -918,8 +920,6 @@ def _iter_delimited(
             if yielded == 0:
                 raise MalformedInputError(f"{path}: no rows (only the header line)")
             return
-    except pa.ArrowInvalid:
-        pass  # malformed in this block: the checked parse below finds and names the bad line
     unparsed.clear()
     checked = pa_csv.open_csv(
         path,
