@@ -16,6 +16,8 @@ Import this module after deciding on ``TRITON_INTERPRET`` (it imports ``hf_hstu`
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -37,6 +39,16 @@ class Timing:
     median_ms: float
     min_ms: float
     repeats: int
+
+
+def cpu_environment() -> dict:
+    """What a CPU benchmark's figures depend on: torch's threads, the cores, the processor and torch's version."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
 
 
 def time_function(

@@ -19,8 +19,6 @@ both paths share and no cache saves: scoring the catalogue from given user embed
 import copy
 import gc
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
+from hf_hstu.benchmarks import cpu_environment
 from hf_hstu.modeling.retrieval import top_k_items
 from hf_hstu.training.arguments import PRESETS, ModelArguments
 from hf_hstu.training.model_config import MODEL_CLASSES, build_model_config
@@ -142,10 +141,7 @@ def main() -> None:
                 "k": args.k,
                 "repeats": args.repeats,
                 **results,
-                "torch_threads": torch.get_num_threads(),
-                "cpu_count": os.cpu_count(),
-                "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__,
+                **cpu_environment(),
             },
             indent=2,
         )

@@ -5,8 +5,6 @@ truncated to max_seq_len); batches of `batch_size` sequences sampled from those 
 """
 
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
+from hf_hstu.benchmarks import cpu_environment
 from hf_hstu.training.arguments import PRESETS, ModelArguments
 from hf_hstu.training.model_config import MODEL_CLASSES, build_model_config
 from hf_hstu.training.objective import TrainingObjective
@@ -101,10 +100,7 @@ def main() -> None:
                 "recommend_k": args.recommend_k,
                 "recommend_seconds": round(recommend_seconds, 3),
                 "length_group_size": model.group_size_for(next(model.parameters()).device),
-                "torch_threads": torch.get_num_threads(),
-                "cpu_count": os.cpu_count(),
-                "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__,
+                **cpu_environment(),
             },
             indent=2,
         )
