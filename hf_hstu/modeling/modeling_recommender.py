@@ -134,6 +134,11 @@ def _last_states(hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Te
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), lengths - 1]
 
 
+def states_at(hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) states -> (B, P, D) those at the (B, P) `positions` of each row."""
+    return hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+
+
 def _window_batch(step: CacheStep, target_timestamps: torch.Tensor | None) -> EventBatch:
     """The windows of a cache step as an `EventBatch` (for the ordinary forward pass)."""
     width = step.input_ids.shape[1]
@@ -311,6 +316,26 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement encode()")
 
+    def encode_last(
+        self,
+        token_embeddings: torch.Tensor,
+        token_mask: torch.Tensor,
+        token_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        num_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, D) output of each row's last real token (position `num_tokens - 1`), all `embed_users` needs; the
+        other arguments are those of `encode`. This default takes it from the whole `encode`; the model bodies
+        override it to compute only that token in their last layer (its query against every key)."""
+        return _last_states(self.encode(token_embeddings, token_mask, token_timestamps, query_timestamps), num_tokens)
+
+    def last_token_block(self, num_tokens: torch.Tensor, width: int) -> CachedBlock:
+        """The block of each row's last real token (`num_tokens` (B,) real tokens of a window `width` wide): the one
+        query of the last layer of `encode_last`."""
+        return CachedBlock.from_starts(
+            num_tokens - 1, num_tokens, 1, width, self.config.max_tokens, num_tokens.shape[0]
+        )
+
     def encode_cached(
         self,
         token_embeddings: torch.Tensor,
@@ -432,8 +457,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             input_length=seq_len,
         )
 
-    def _encode_events(self, batch: EventBatch) -> torch.Tensor:
-        """(B, W, D) post-processed output embedding of each event, zero at padding."""
+    def _encoder_inputs(self, batch: EventBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The arguments of `encode` for a batch: (B, T, D) tokens, (B, T) token mask, token times and query times."""
         item_embeddings = self.embed_items(batch.input_ids)
         tokens, token_mask, token_timestamps = self.input_preprocessor(
             item_embeddings, batch.attention_mask, batch.timestamps, batch.ratings
@@ -441,9 +466,19 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         query_timestamps = next_event_timestamps(
             token_timestamps, batch.lengths * self.config.tokens_per_event, batch.target_timestamps
         )
-        token_states = self.encode(tokens, token_mask, token_timestamps, query_timestamps)
+        return tokens, token_mask, token_timestamps, query_timestamps
+
+    def _encode_events(self, batch: EventBatch) -> torch.Tensor:
+        """(B, W, D) post-processed output embedding of each event, zero at padding."""
+        token_states = self.encode(*self._encoder_inputs(batch))
         event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states))
         return event_states * batch.attention_mask.unsqueeze(-1)
+
+    def _encode_last_events(self, batch: EventBatch) -> torch.Tensor:
+        """(B, D) post-processed output embedding of each row's last event: `_encode_events` at the last event, from
+        `encode_last` (an event's output is its last token's, see the input preprocessors' `readout`)."""
+        last_tokens = self.encode_last(*self._encoder_inputs(batch), batch.lengths * self.config.tokens_per_event)
+        return self.output_postprocessor(last_tokens)
 
     @property
     def length_group_size(self) -> int | None:
@@ -759,7 +794,7 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         user_embeddings = None
         with self._eval_mode():
             for rows, chunk in self._length_groups(batch, chunk_size):
-                states = _last_states(self._encode_events(chunk), chunk.lengths)
+                states = self._encode_last_events(chunk)
                 if user_embeddings is None:
                     user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
                 user_embeddings[rows] = states
