@@ -449,9 +449,12 @@ def test_length_groups_give_the_whole_batch_result(model_type):
 def test_length_group_size_is_a_runtime_setting(tmp_path):
     model = tiny_model("hstu")
     assert model.group_size_for(torch.device("cpu")) == 32
+    assert model.group_size_for(torch.device("cpu"), user_embeddings=True) == 16
     assert model.group_size_for(torch.device("meta")) == 0  # the whole batch on accelerators
+    assert model.group_size_for(torch.device("meta"), user_embeddings=True) == 0
     model.length_group_size = 5
     assert model.group_size_for(torch.device("cpu")) == model.group_size_for(torch.device("meta")) == 5
+    assert model.group_size_for(torch.device("cpu"), user_embeddings=True) == 5
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="length_group_size must be None or an integer >= 0"):
             model.length_group_size = bad
