@@ -370,8 +370,12 @@ def test_explicit_negatives_equal_sampled_ones(model_type):
     torch.testing.assert_close(sampled, explicit)
     with pytest.raises(ValueError, match=f"one row per supervised position \\({num_supervised}\\)"):
         model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives[1:])
-    with pytest.raises(ValueError, match="negative_ids"):
+    with pytest.raises(ValueError, match=rf"negative_ids\[0, 0\] = 0 is outside \[1, {NUM_ITEMS}\]"):
         model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives * 0)
+    too_large = negatives.clone()
+    too_large[2, 3] = NUM_ITEMS + 1  # the first bad value is named, however many pass
+    with pytest.raises(ValueError, match=rf"negative_ids\[2, 3\] = {NUM_ITEMS + 1} is outside"):
+        model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=too_large)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
