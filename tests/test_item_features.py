@@ -368,6 +368,36 @@ def test_training_with_features_saves_a_model_that_recommends_raw_ids(tmp_path):
         assert {raw for raw, _ in recommendations[0]} <= set(data.item_vocabulary.raw_ids) - set(raw_history)
 
 
+def test_items_only_in_the_item_table_join_the_catalogue_as_cold_start_items(tmp_path):
+    interactions, items_config = _synthetic_with_features(tmp_path)
+    table = tmp_path / "items.csv"
+    table.write_text(table.read_text() + "41,odd,t2|t1\n42,even,t0|t2\n")  # two items no one has interacted with
+    plain = preprocess("csv", raw_path=interactions, item_table=items_config)
+    items_config.add_item_table_items = True
+    data = preprocess("csv", tmp_path / "data", raw_path=interactions, item_table=items_config)
+    assert data.item_vocabulary.raw_ids == [*plain.item_vocabulary.raw_ids, 41, 42]  # the others keep their index
+    assert data.metadata["num_items"] == plain.metadata["num_items"] + 2
+    assert data.metadata["item_features"]["items_only_in_item_table"] == 2
+    assert data.item_features[-1]["parity"] == ["even"] and data.item_features[-1]["tags"] == ["t0", "t2"]
+    for split in ("train", "validation", "test"):
+        assert data.dataset[split]["item_ids"] == plain.dataset[split]["item_ids"]
+    assert "--add_item_table_items true" in preprocessing_command(data.metadata)
+    with pytest.raises(ValueError, match="ids do not match the interactions' item ids"):
+        items_config.item_table = str(tmp_path / "string_ids.csv")
+        (tmp_path / "string_ids.csv").write_text("item_id,parity,tags\nx,odd,t1\n3,odd,t1\n")
+        preprocess("csv", raw_path=interactions, item_table=items_config)
+
+    _train(tmp_path, str(tmp_path / "data"))
+    recommender = Recommender.from_pretrained(tmp_path / "run" / "best_model")
+    new_items = torch.tensor(data.item_vocabulary.encode([41, 42]))
+    assert not recommender.model.item_features.trained_items[new_items].any()
+    everything = len(data.item_vocabulary) - 3
+    recommendations = recommender.recommend(
+        [[1, 2, 3]], timestamps=[[1, 2, 3]], request_times=[4], k=everything, cold_start_items=True
+    )
+    assert {41, 42} <= {raw for raw, _ in recommendations[0]}
+
+
 def test_the_item_table_travels_with_a_hub_dataset(fake_hub, tmp_path):
     interactions, items_config = _synthetic_with_features(tmp_path)
     data = preprocess("csv", tmp_path / "data", raw_path=interactions, item_table=items_config)

@@ -377,8 +377,12 @@ def test_explicit_negatives_equal_sampled_ones(model_type):
     torch.testing.assert_close(sampled, explicit)
     with pytest.raises(ValueError, match=f"one row per supervised position \\({num_supervised}\\)"):
         model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives[1:])
-    with pytest.raises(ValueError, match="negative_ids"):
+    with pytest.raises(ValueError, match=rf"negative_ids\[0, 0\] = 0 is outside \[1, {NUM_ITEMS}\]"):
         model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=negatives * 0)
+    too_large = negatives.clone()
+    too_large[2, 3] = NUM_ITEMS + 1  # the first bad value is named, however many pass
+    with pytest.raises(ValueError, match=rf"negative_ids\[2, 3\] = {NUM_ITEMS + 1} is outside"):
+        model(**model_inputs(batch), labels=batch["input_ids"], negative_ids=too_large)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -463,13 +467,14 @@ def test_length_group_size_is_a_runtime_setting(tmp_path):
     assert HSTUModel.from_pretrained(tmp_path).length_group_size is None
 
 
-def test_sampled_candidate_scores_and_gradients_match_gathering():
+@pytest.mark.parametrize("num_rows", [31, 40_000])  # item ids sorted as int16, and past int16 as int32
+def test_sampled_candidate_scores_and_gradients_match_gathering(num_rows):
     from hf_hstu.modeling.similarity import DotProductSimilarity
 
     generator = torch.Generator().manual_seed(0)
     users = torch.randn(50, 16, generator=generator, dtype=torch.float64, requires_grad=True)
-    table = torch.randn(31, 16, generator=generator, dtype=torch.float64, requires_grad=True)
-    candidates = torch.randint(1, 31, (50, 9), generator=generator)
+    table = torch.randn(num_rows, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    candidates = torch.randint(max(1, num_rows - 30), num_rows, (50, 9), generator=generator)
     candidates[:, 1] = candidates[:, 0]  # repeated candidates in a row add up
     weights = torch.randn(50, 9, generator=generator, dtype=torch.float64)
     sampled = DotProductSimilarity().score_candidates(users, table, candidates)
@@ -480,6 +485,8 @@ def test_sampled_candidate_scores_and_gradients_match_gathering():
     for sampled_grad, gathered_grad in zip(sampled_grads, gathered_grads, strict=True):
         torch.testing.assert_close(sampled_grad, gathered_grad)
     assert sampled_grads[1][0].abs().sum() == 0 and sampled_grads[1][candidates[0, 0]].abs().sum() > 0
+    if num_rows > 100:  # gradcheck perturbs every table entry one by one: the small table is enough for it
+        return
     assert torch.autograd.gradcheck(
         lambda u, t: DotProductSimilarity().score_candidates(u, t, candidates[:6, :4]),
         (users[:6].detach().requires_grad_(), table.detach().requires_grad_()),

@@ -8,7 +8,13 @@ import torch
 from recommender_testing import right_padded_batch, tiny_model
 
 from hf_hstu import HSTUConfig, HSTUModel
-from hf_hstu.modeling.hstu_attention import relative_position_bias, time_bucket_ids
+from hf_hstu.modeling.hstu_attention import (
+    HSTUAttentionContext,
+    RelativeBiasSpec,
+    eager_hstu_attention,
+    relative_position_bias,
+    time_bucket_ids,
+)
 
 
 def _silu(x: float) -> float:
@@ -90,6 +96,57 @@ def test_time_buckets_and_position_bias_by_hand():
     weights = torch.arange(7.0)  # N_max = 4
     bias = relative_position_bias(weights, 3)
     assert bias.tolist() == [[3.0, 4.0, 5.0], [2.0, 3.0, 4.0], [1.0, 2.0, 3.0]]  # w[N_max - 1 + j - i]
+
+
+@pytest.mark.parametrize("use_position_bias", [True, False])
+@pytest.mark.parametrize("use_time_bias", [True, False])
+def test_eager_attention_values_and_gradients_match_a_plain_computation(use_position_bias, use_time_bias):
+    """The eager reference (int32 time buckets, in-place bias) against the formula written out pair by pair:
+    outputs and the gradients of q, k, v and both bias tables, on a right-padded batch of two heads."""
+    torch.manual_seed(0)
+    batch_size, num_heads, seq_len, max_len, dim = 2, 2, 5, 6, 3
+    spec = RelativeBiasSpec(max_len, 128, 0.301, use_position_bias, use_time_bias)
+    lengths = [5, 3]
+    mask = torch.arange(seq_len) < torch.tensor(lengths)[:, None]
+    key_times = torch.tensor([[100, 160, 4_000, 90_000, 2_000_000], [50, 51, 7_000, 0, 0]])
+    query_times = torch.tensor([[160, 4_000, 90_000, 2_000_000, 2_500_000], [51, 7_000, 10**6, 0, 0]])
+    query, key, value = (torch.randn(batch_size, num_heads, seq_len, dim, dtype=torch.float64) for _ in range(3))
+    position_weights = torch.randn(2 * max_len - 1, dtype=torch.float64) if use_position_bias else None
+    time_weights = torch.randn(129, dtype=torch.float64) if use_time_bias else None
+    inputs = [t.requires_grad_() for t in (query, key, value, position_weights, time_weights) if t is not None]
+    grad_output = torch.randn(batch_size, seq_len, num_heads, dim, dtype=torch.float64)
+
+    context = HSTUAttentionContext.prepare("eager", mask, key_times, query_times, spec)
+    output = eager_hstu_attention(
+        query,
+        key,
+        value,
+        context,
+        normalization=7.0,
+        position_weights=position_weights,
+        time_weights=time_weights,
+    )
+    gradients = torch.autograd.grad(output, inputs, grad_output)
+
+    plain = torch.zeros(batch_size, seq_len, num_heads, dim, dtype=torch.float64)
+    for b in range(batch_size):
+        for h in range(num_heads):
+            for i in range(seq_len):
+                for j in range(min(i + 1, lengths[b])):  # causal, and only real keys
+                    score = query[b, h, i] @ key[b, h, j]
+                    if use_position_bias:
+                        score = score + position_weights[max_len - 1 + j - i]
+                    if use_time_bias:
+                        score = score + time_weights[_bucket(int(query_times[b, i] - key_times[b, j]))]
+                    plain[b, i, h] = plain[b, i, h] + torch.nn.functional.silu(score) / 7.0 * value[b, h, j]
+    expected_gradients = torch.autograd.grad(plain, inputs, grad_output)
+
+    torch.testing.assert_close(output, plain, rtol=1e-12, atol=1e-12)
+    for gradient, expected in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-12)
+    if use_time_bias:
+        assert context.time_buckets.dtype == torch.int32
+        assert (gradients[-1] != 0).sum() > 3  # several buckets are used, so their scatter is exercised
 
 
 @pytest.mark.parametrize("use_position_bias", [True, False])

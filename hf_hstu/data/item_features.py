@@ -84,6 +84,13 @@ class ItemTableConfig:
     item_feature_separator: str = field(
         default="|", metadata={"help": "Item table: separator of several values in one cell (e.g. A|B)."}
     )
+    add_item_table_items: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the item table's items that no kept interaction has to the catalogue (after the others): "
+            "new items that a model can recommend from their features alone (recommend(cold_start_items=True))."
+        },
+    )
 
 
 def read_movielens_items(path: PathLike, version: str) -> pd.DataFrame:
@@ -320,14 +327,29 @@ def attach_item_features(
 ) -> None:
     """Build the item table of ``data``'s vocabulary from ``config`` and keep it in ``data.item_features`` (saved
     beside the splits), with its summary in ``data.metadata["item_features"]``. A MovieLens ratings file given as
-    ``raw_path`` is looked up beside its movie file."""
+    ``raw_path`` is looked up beside its movie file. With ``config.add_item_table_items`` the vocabulary first gains
+    the table's items that it lacks (`ItemVocabulary.extended`: the sequences' indices do not change)."""
     if raw_dir is None and isinstance(raw_path, (str, Path)):
         raw_dir = Path(raw_path).parent
-    items, summary = build_item_features(load_item_table(dataset, config, raw_dir, cache_dir), data.item_vocabulary)
+    table = load_item_table(dataset, config, raw_dir, cache_dir)
+    added = 0
+    if config.add_item_table_items:
+        try:
+            vocabulary = data.item_vocabulary.extended(table["item_id"].to_numpy())
+        except TypeError as error:
+            raise ValueError(
+                f"{config.item_table}: its {config.item_table_id_col} ids do not match the "
+                f"interactions' item ids ({error})"
+            ) from None
+        added = len(vocabulary) - len(data.item_vocabulary)
+        data.item_vocabulary = vocabulary
+        data.metadata["num_items"] = len(vocabulary)
+    items, summary = build_item_features(table, data.item_vocabulary)
     data.item_features = items
     data.metadata["item_features"] = {
         "source": config.item_table if config.item_table == "genres" else Path(config.item_table).name,
         "id_col": config.item_table_id_col,
         "separator": config.item_feature_separator,
+        "items_only_in_item_table": added,
         **summary,
     }

@@ -2,7 +2,8 @@
 
 Items are numbered 1..num_items so that index 0 stays free for padding; users get 1..num_users the same way.
 The preprocessing numbers raw ids in sorted order (numerically for integer ids, lexicographically for strings),
-so the same set of ids always gives the same vocabulary, whatever the row order of the source file.
+so the same set of ids always gives the same vocabulary, whatever the row order of the source file. Items that only
+an item table lists (``add_item_table_items``) follow the items of the interactions, in sorted order too.
 """
 
 from __future__ import annotations
@@ -56,6 +57,18 @@ class Vocabulary:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={len(self)}, id_type={self.id_type!r})"
+
+    def extended(self, raw_ids: Iterable[RawId] | np.ndarray) -> Vocabulary:
+        """This vocabulary with the ids of `raw_ids` that it lacks appended in sorted order (indices len + 1, ...):
+        the indices of its own ids do not change."""
+        new = pd.Index(raw_ids).unique()
+        new = new[self.lookup(new.to_numpy()) == 0].sort_values()
+        if len(new) and len(self) and Vocabulary(new).id_type != self.id_type:
+            raise TypeError(
+                f"{type(self).__name__}: cannot add {Vocabulary(new).id_type} ids (e.g. {new[:3].tolist()}) to "
+                f"{self.id_type} ids (e.g. {self.raw_ids[:3]})"
+            )
+        return type(self)(self._index.append(new))
 
     def lookup(self, raw_ids: Iterable[RawId] | np.ndarray) -> np.ndarray:
         """Indices (int64) of ``raw_ids``: 1..len for known ids, 0 (the padding index) for unknown ones."""

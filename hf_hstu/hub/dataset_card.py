@@ -74,6 +74,8 @@ def preprocessing_command(metadata: Mapping[str, Any], output: str | None = None
             "--item_feature_separator",
             items["separator"],
         ]
+    if items and items.get("items_only_in_item_table"):
+        arguments += ["--add_item_table_items", "true"]
     arguments += ["--output", output or f"data/{dataset}"]
     return shlex.join(arguments)
 

@@ -52,7 +52,9 @@ def time_bucket_ids(
         key_timestamps: (B, N) unix seconds of each key position's event.
 
     Returns:
-        (B, N, N) int64 bucket indices in ``[0, num_buckets]``; they carry no gradient.
+        (B, N, N) int32 bucket indices in ``[0, num_buckets]``; they carry no gradient. int32 rather than int64: half
+        the memory for the whole forward and backward, and the table gather and its gradient's scatter run about
+        twice as fast on the CPU.
     """
     # Times spanning less than 2**31 s give the same integer gaps in int32, at half the memory traffic of int64 (a
     # data-dependent choice: not while torch.compile or torch.export traces).
@@ -63,8 +65,8 @@ def time_bucket_ids(
             query_timestamps, key_timestamps = (query_timestamps - low).int(), (key_timestamps - low).int()
     gaps = (query_timestamps.unsqueeze(2) - key_timestamps.unsqueeze(1)).to(torch.float32)  # exact, then rounded
     # In place on float32, fewest passes (N x N temporaries are the cost): rounding commutes with |.| and max(., 1),
-    # and the log is >= 0 (the divisor > 0), so the cast to int64 (truncation) is the floor.
-    return gaps.abs_().clamp_(min=1).log_().div_(bucket_divisor).clamp_(max=num_buckets).long()
+    # and the log is >= 0 (the divisor > 0), so the cast to int32 (truncation) is the floor.
+    return gaps.abs_().clamp_(min=1).log_().div_(bucket_divisor).clamp_(max=num_buckets).to(torch.int32)
 
 
 def relative_position_bias(position_weights: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -150,7 +152,7 @@ class HSTUAttentionContext:
     attention_mask: torch.Tensor  # (B, N) bool, True for real tokens, right-padded
     key_timestamps: torch.Tensor | None  # (B, N) int64 time of each token's event
     query_timestamps: torch.Tensor | None  # (B, N) int64 time of the event each position predicts
-    time_buckets: torch.Tensor | None = None  # (B, N, N) int64, with the time bias
+    time_buckets: torch.Tensor | None = None  # (B, N, N) int32, with the time bias
     masked_out: torch.Tensor | None = None  # (B, 1, N, N) bool: pairs that contribute nothing (future or padding)
 
     @classmethod

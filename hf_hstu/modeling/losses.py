@@ -82,7 +82,8 @@ class SampledSoftmaxLoss(NegativeSamplingLoss):
         logits, false_negatives = self.candidate_logits(
             user_embeddings, positive_ids, item_table, similarity, negative_ids
         )
-        logits = logits.masked_fill(F.pad(false_negatives, (1, 0), value=False), torch.finfo(logits.dtype).min)
+        # In place: the logits are a fresh quotient (its backward does not read it); a (P, 1 + R) copy less.
+        logits = logits.masked_fill_(F.pad(false_negatives, (1, 0), value=False), torch.finfo(logits.dtype).min)
         return F.cross_entropy(logits, torch.zeros_like(positive_ids))
 
 

@@ -88,13 +88,16 @@ class SampledDotProduct(torch.autograd.Function):
             grad_users = F.embedding_bag(candidate_ids, table, per_sample_weights=grad_logits, mode="sum")
         if ctx.needs_input_grad[1]:
             flat_ids = candidate_ids.reshape(-1)
-            order = torch.sort(flat_ids.int(), stable=True).indices  # (P * C,) pairs grouped by item id
+            # The sort is most of the backward's time; the narrowest integer type that holds the ids sorts fastest
+            # (int16 about twice as fast as int32 on a CPU) and gives the same stable order.
+            key_dtype = torch.int16 if table.shape[0] <= torch.iinfo(torch.int16).max + 1 else torch.int32
+            order = torch.sort(flat_ids.to(key_dtype), stable=True).indices  # (P * C,) pairs grouped by item id
             counts = torch.bincount(flat_ids, minlength=table.shape[0])
             grad_table = F.embedding_bag(
                 order // candidate_ids.shape[1],  # the user row of each pair
                 users,
                 counts.cumsum(0) - counts,  # where each item's pairs start
-                per_sample_weights=grad_logits.reshape(-1)[order],
+                per_sample_weights=grad_logits.reshape(-1).index_select(0, order),
                 mode="sum",
             )
         return grad_users, grad_table, None
