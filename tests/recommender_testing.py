@@ -5,6 +5,21 @@ import torch
 from hf_hstu import HSTUConfig, HSTUModel, SASRecConfig, SASRecModel
 
 NUM_ITEMS = 30
+# Model variants of the equivalence tests (cached and last-token paths against the full forward pass): every relative
+# bias on and off, both input preprocessors that change the tokens, the layer-norm output and a mixture of logits.
+VARIANTS = {
+    "hstu": ("hstu", {}),
+    "hstu-position-bias-only": ("hstu", {"use_time_bias": False}),
+    "hstu-time-bias-only": ("hstu", {"use_position_bias": False}),
+    "hstu-no-bias": ("hstu", {"use_position_bias": False, "use_time_bias": False}),
+    "hstu-combined-item-rating": ("hstu", {"input_preprocessor": "combined_item_rating"}),
+    "hstu-rated-layer-norm-mol": (
+        "hstu",
+        {"input_preprocessor": "rated", "output_postprocessor": "layer_norm", "similarity": "mol"},
+    ),
+    "sasrec": ("sasrec", {}),
+    "sasrec-combined-item-rating": ("sasrec", {"input_preprocessor": "combined_item_rating"}),
+}
 
 
 def tiny_config(model_type: str = "hstu", **overrides):

@@ -2,26 +2,13 @@
 
 import pytest
 import torch
-from recommender_testing import right_padded_batch, tiny_model
+from recommender_testing import VARIANTS, right_padded_batch, tiny_model
 from transformers import Cache
 
 from hf_hstu.modeling.cache_recommender import SequentialRecommenderCache
 
 # Rows longer than max_seq_len (8 in the tiny configs) make the window slide.
 LENGTHS = (6, 3, 12, 1, 9)
-VARIANTS = {
-    "hstu": ("hstu", {}),
-    "hstu-position-bias-only": ("hstu", {"use_time_bias": False}),
-    "hstu-time-bias-only": ("hstu", {"use_position_bias": False}),
-    "hstu-no-bias": ("hstu", {"use_position_bias": False, "use_time_bias": False}),
-    "hstu-combined-item-rating": ("hstu", {"input_preprocessor": "combined_item_rating"}),
-    "hstu-rated-layer-norm-mol": (
-        "hstu",
-        {"input_preprocessor": "rated", "output_postprocessor": "layer_norm", "similarity": "mol"},
-    ),
-    "sasrec": ("sasrec", {}),
-    "sasrec-combined-item-rating": ("sasrec", {"input_preprocessor": "combined_item_rating"}),
-}
 EVENT_KEYS = ("input_ids", "timestamps", "ratings")
 
 

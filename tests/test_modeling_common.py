@@ -5,7 +5,14 @@ import os
 
 import pytest
 import torch
-from recommender_testing import NUM_ITEMS, right_padded_batch, tiny_config, tiny_model, to_left_padding
+from recommender_testing import (
+    NUM_ITEMS,
+    VARIANTS,
+    right_padded_batch,
+    tiny_config,
+    tiny_model,
+    to_left_padding,
+)
 from transformers import AutoConfig, AutoModel
 
 from hf_hstu import HSTUModel, SASRecModel
@@ -387,6 +394,42 @@ def test_embed_users_in_length_sorted_chunks_equals_forward(model_type):
     torch.testing.assert_close(chunked, model.eval()(**model_inputs(batch)).user_embeddings, atol=1e-6, rtol=1e-5)
 
 
+LAST_TOKEN_VARIANTS = {
+    **VARIANTS,
+    "hstu-one-layer": ("hstu", {"num_hidden_layers": 1}),
+    "sasrec-rated-one-layer": ("sasrec", {"input_preprocessor": "rated", "num_hidden_layers": 1}),
+}
+
+
+@pytest.mark.parametrize("left_padding", [False, True], ids=["right-padding", "left-padding"])
+@pytest.mark.parametrize("variant", list(LAST_TOKEN_VARIANTS))
+def test_embed_users_and_recommend_compute_only_the_last_token_in_the_last_layer(variant, left_padding):
+    """embed_users (and so recommend) runs the last layer for each row's last token alone: the user embeddings and
+    the top-k equal those of the full forward pass, for ragged rows and histories truncated to max_seq_len."""
+    from hf_hstu.modeling.retrieval import top_k_items
+
+    model_type, overrides = LAST_TOKEN_VARIANTS[variant]
+    model = tiny_model(model_type, seed=1, **overrides).eval()
+    batch = right_padded_batch(seed=2, lengths=(6, 3, 12, 1, 9))  # max_seq_len 8: rows 2 and 4 are truncated
+    if left_padding:
+        batch = to_left_padding(batch)
+    inputs = model_inputs(batch, (*INPUT_KEYS, "ratings"))
+    last_layer_shapes = []
+    model.layers[-1].register_forward_hook(lambda module, args, output: last_layer_shapes.append(output.shape))
+
+    full = model(**inputs).user_embeddings
+    assert last_layer_shapes.pop() == (5, 8 * model.config.tokens_per_event, 16)  # every token of every row
+    fast = model.embed_users(**inputs)
+    assert last_layer_shapes == [(5, 1, 16)]  # one token per row
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=0)
+
+    ranking = model.recommend(**inputs, k=10)
+    seen = batch["input_ids"] * batch["attention_mask"]
+    expected_ids, expected_scores = top_k_items(full, model.item_table(), model.similarity, 10, seen)
+    torch.testing.assert_close(ranking.scores, expected_scores, atol=1e-5, rtol=0)
+    assert torch.equal(ranking.item_ids, expected_ids)
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_length_groups_give_the_whole_batch_result(model_type):
     batch = right_padded_batch(lengths=(5, 3, 8, 1, 7, 2, 8))
@@ -410,9 +453,12 @@ def test_length_groups_give_the_whole_batch_result(model_type):
 def test_length_group_size_is_a_runtime_setting(tmp_path):
     model = tiny_model("hstu")
     assert model.group_size_for(torch.device("cpu")) == 32
+    assert model.group_size_for(torch.device("cpu"), user_embeddings=True) == 16
     assert model.group_size_for(torch.device("meta")) == 0  # the whole batch on accelerators
+    assert model.group_size_for(torch.device("meta"), user_embeddings=True) == 0
     model.length_group_size = 5
     assert model.group_size_for(torch.device("cpu")) == model.group_size_for(torch.device("meta")) == 5
+    assert model.group_size_for(torch.device("cpu"), user_embeddings=True) == 5
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="length_group_size must be None or an integer >= 0"):
             model.length_group_size = bad

@@ -49,7 +49,8 @@ class LearnablePositionalInputPreprocessor(nn.Module):
         return self._embed_tokens(item_embeddings, attention_mask, first_events), attention_mask, timestamps
 
     def readout(self, token_states: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) token outputs -> (B, N, D): the output of each event that predicts the next item."""
+        """(B, T, D) token outputs -> (B, N, D): the output of each event that predicts the next item. It is always
+        the event's last token's (so the last event's is the last real token's, all `encode_last` computes)."""
         return token_states
 
 

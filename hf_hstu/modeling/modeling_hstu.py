@@ -27,6 +27,7 @@ from .modeling_recommender import (
     SequentialRecommenderOutput,
     SequentialRecommenderPreTrainedModel,
     init_default_linear_bias,
+    states_at,
 )
 
 logger = logging.get_logger(__name__)
@@ -65,17 +66,29 @@ class HSTUAttention(nn.Module):
         hidden_states: torch.Tensor,
         context: HSTUAttentionContext,
         cache: SequentialRecommenderCache | None = None,
+        query_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T, D) right-padded hidden states -> (B, T, D). With `cache` the T tokens are a block of
-        the window (`CachedHSTUAttentionContext`): they attend to the window's cached keys and values too."""
-        batch_size, seq_len, _ = hidden_states.shape
+        the window (`CachedHSTUAttentionContext`): they attend to the window's cached keys and values too. With
+        `query_positions` (B, P) the T tokens are the whole window but only those positions are computed, (B, P, D),
+        attending to every token (`context` the `CachedHSTUAttentionContext` of that block)."""
         normed = F.layer_norm(hidden_states, (hidden_states.shape[-1],), eps=self.eps)
         value_dim = self.num_heads * self.linear_dim
         qk_dim = self.num_heads * self.attention_dim
-        u, value, query, key = F.silu(self.uvqk_proj(normed)).split([value_dim, value_dim, qk_dim, qk_dim], dim=-1)
+        sizes = [value_dim, value_dim, qk_dim, qk_dim]
+        if query_positions is None:
+            u, value, query, key = F.silu(self.uvqk_proj(normed)).split(sizes, dim=-1)
+        else:  # values and keys of every token, gates and queries of the given positions only
+            weight_u, weight_v, weight_q, weight_k = self.uvqk_proj.weight.split(sizes)
+            value_key = F.silu(F.linear(normed, torch.cat([weight_v, weight_k])))
+            gate_query = F.silu(F.linear(states_at(normed, query_positions), torch.cat([weight_u, weight_q])))
+            value, key = value_key.split([value_dim, qk_dim], dim=-1)
+            u, query = gate_query.split([value_dim, qk_dim], dim=-1)
+            hidden_states = states_at(hidden_states, query_positions)
+        batch_size, seq_len, _ = hidden_states.shape
         query = query.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
-        key = key.view(batch_size, seq_len, self.num_heads, self.attention_dim).transpose(1, 2)
-        value = value.view(batch_size, seq_len, self.num_heads, self.linear_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, self.num_heads, self.attention_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, self.num_heads, self.linear_dim).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, context.block)  # (B, H, window, d)
 
@@ -108,8 +121,9 @@ class HSTUDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         context: HSTUAttentionContext,
         cache: SequentialRecommenderCache | None = None,
+        query_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        hidden_states = self.attention(hidden_states, context, cache)
+        hidden_states = self.attention(hidden_states, context, cache, query_positions)
         return hidden_states * context.attention_mask.unsqueeze(-1)
 
 
@@ -176,7 +190,8 @@ class HSTUModel(HSTUPreTrainedModel):
     def requires_target_timestamps(self) -> bool:
         return self.config.use_time_bias
 
-    def encode(self, token_embeddings, token_mask, token_timestamps, query_timestamps) -> torch.Tensor:
+    def _encode_layers(self, layers, token_embeddings, token_mask, token_timestamps, query_timestamps) -> torch.Tensor:
+        """(B, T, D) outputs of `layers` (the first layers of the model) on a right-padded batch."""
         attention_dropout = self.config.attention_dropout if self.training else 0.0
         backend = resolve_attention_backend(
             self.config._attn_implementation, token_embeddings.device, attention_dropout
@@ -185,9 +200,26 @@ class HSTUModel(HSTUPreTrainedModel):
             backend, token_mask, token_timestamps, query_timestamps, self.relative_bias_spec
         )
         hidden_states = token_embeddings
-        for layer in self.layers:
+        for layer in layers:
             hidden_states = layer(hidden_states, context)
         return hidden_states
+
+    def encode(self, token_embeddings, token_mask, token_timestamps, query_timestamps) -> torch.Tensor:
+        return self._encode_layers(self.layers, token_embeddings, token_mask, token_timestamps, query_timestamps)
+
+    def encode_last(self, token_embeddings, token_mask, token_timestamps, query_timestamps, num_tokens):
+        """The last layer computes each row's last token alone, with the eager reference (one query per row, against
+        every key of the row: the cache's `CachedHSTUAttentionContext`); the layers before it are those of `encode`."""
+        hidden_states = token_embeddings
+        if len(self.layers) > 1:
+            hidden_states = self._encode_layers(
+                self.layers[:-1], token_embeddings, token_mask, token_timestamps, query_timestamps
+            )
+        block = self.last_token_block(num_tokens, token_embeddings.shape[1])
+        context = CachedHSTUAttentionContext.prepare_block(
+            block, token_timestamps, query_timestamps.gather(1, block.positions), self.relative_bias_spec
+        )
+        return self.layers[-1](hidden_states, context, query_positions=block.positions).squeeze(1)
 
     def encode_cached(self, token_embeddings, block, key_timestamps, query_timestamps, cache) -> torch.Tensor:
         backend = resolve_attention_backend(self.config._attn_implementation, token_embeddings.device)

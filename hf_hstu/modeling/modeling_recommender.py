@@ -139,6 +139,11 @@ def _last_states(hidden_states: torch.Tensor, lengths: torch.Tensor) -> torch.Te
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), lengths - 1]
 
 
+def states_at(hidden_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) states -> (B, P, D) those at the (B, P) `positions` of each row."""
+    return hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+
+
 def _window_batch(step: CacheStep, target_timestamps: torch.Tensor | None) -> EventBatch:
     """The windows of a cache step as an `EventBatch` (for the ordinary forward pass)."""
     width = step.input_ids.shape[1]
@@ -316,6 +321,26 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement encode()")
 
+    def encode_last(
+        self,
+        token_embeddings: torch.Tensor,
+        token_mask: torch.Tensor,
+        token_timestamps: torch.Tensor,
+        query_timestamps: torch.Tensor,
+        num_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B, D) output of each row's last real token (position `num_tokens - 1`), all `embed_users` needs; the
+        other arguments are those of `encode`. This default takes it from the whole `encode`; the model bodies
+        override it to compute only that token in their last layer (its query against every key)."""
+        return _last_states(self.encode(token_embeddings, token_mask, token_timestamps, query_timestamps), num_tokens)
+
+    def last_token_block(self, num_tokens: torch.Tensor, width: int) -> CachedBlock:
+        """The block of each row's last real token (`num_tokens` (B,) real tokens of a window `width` wide): the one
+        query of the last layer of `encode_last`."""
+        return CachedBlock.from_starts(
+            num_tokens - 1, num_tokens, 1, width, self.config.max_tokens, num_tokens.shape[0]
+        )
+
     def encode_cached(
         self,
         token_embeddings: torch.Tensor,
@@ -437,8 +462,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             input_length=seq_len,
         )
 
-    def _encode_events(self, batch: EventBatch) -> torch.Tensor:
-        """(B, W, D) post-processed output embedding of each event, zero at padding."""
+    def _encoder_inputs(self, batch: EventBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The arguments of `encode` for a batch: (B, T, D) tokens, (B, T) token mask, token times and query times."""
         item_embeddings = self.embed_items(batch.input_ids)
         tokens, token_mask, token_timestamps = self.input_preprocessor(
             item_embeddings, batch.attention_mask, batch.timestamps, batch.ratings
@@ -446,17 +471,28 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         query_timestamps = next_event_timestamps(
             token_timestamps, batch.lengths * self.config.tokens_per_event, batch.target_timestamps
         )
-        token_states = self.encode(tokens, token_mask, token_timestamps, query_timestamps)
+        return tokens, token_mask, token_timestamps, query_timestamps
+
+    def _encode_events(self, batch: EventBatch) -> torch.Tensor:
+        """(B, W, D) post-processed output embedding of each event, zero at padding."""
+        token_states = self.encode(*self._encoder_inputs(batch))
         event_states = self.output_postprocessor(self.input_preprocessor.readout(token_states))
         return event_states * batch.attention_mask.unsqueeze(-1)
+
+    def _encode_last_events(self, batch: EventBatch) -> torch.Tensor:
+        """(B, D) post-processed output embedding of each row's last event: `_encode_events` at the last event, from
+        `encode_last` (an event's output is its last token's, see the input preprocessors' `readout`)."""
+        last_tokens = self.encode_last(*self._encoder_inputs(batch), batch.lengths * self.config.tokens_per_event)
+        return self.output_postprocessor(last_tokens)
 
     @property
     def length_group_size(self) -> int | None:
         """A computation setting, not part of the model (never saved): the encoder sorts a batch by length and encodes
         it in groups of this many sequences, each trimmed to its longest, so less is spent on padding and the
         (group, N, N) attention temporaries stay cache-sized. `0` encodes the whole batch at once; `None` (the
-        default) means groups of 32 for CPU tensors (1.5x faster training steps there) and the whole batch on
-        accelerators. Results do not depend on it beyond float rounding."""
+        default) means groups of 32 for CPU tensors (1.5x faster training steps there; 16 in `embed_users`, whose
+        one-token last layer leaves the (group, N, N) temporaries of the first layers as the main cost: 1.2x faster)
+        and the whole batch on accelerators. Results do not depend on it beyond float rounding."""
         return self._length_group_size
 
     @length_group_size.setter
@@ -465,11 +501,14 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             raise ValueError(f"length_group_size must be None or an integer >= 0, got {value!r}.")
         self._length_group_size = value
 
-    def group_size_for(self, device: torch.device) -> int:
-        """Sequences encoded together for tensors on `device` (see `length_group_size`)."""
+    def group_size_for(self, device: torch.device, user_embeddings: bool = False) -> int:
+        """Sequences encoded together for tensors on `device`, in `embed_users` when `user_embeddings` (see
+        `length_group_size`)."""
         if self.length_group_size is not None:
             return self.length_group_size
-        return 32 if device.type == "cpu" else 0
+        if device.type != "cpu":
+            return 0
+        return 16 if user_embeddings else 32
 
     @staticmethod
     def _length_groups(batch: EventBatch, group_size: int) -> Iterator[tuple[torch.Tensor, EventBatch]]:
@@ -746,8 +785,8 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
     ) -> torch.Tensor:
         r"""
         (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
-        chunks of at most `chunk_size` rows of similar length (default: `length_group_size`, or 256 where that is
-        the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
+        chunks of at most `chunk_size` rows of similar length (default: `group_size_for(device, user_embeddings=True)`,
+        or 256 where that is the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
         of `forward`; with `cache` they are the new events, appended to the cache in place (rows computed in groups
         of bounded size, see `_cached_block_groups`).
         """
@@ -760,11 +799,11 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
                 )
             return _last_states(event_states, block_events)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
-        chunk_size = chunk_size or self.group_size_for(batch.input_ids.device) or 256
+        chunk_size = chunk_size or self.group_size_for(batch.input_ids.device, user_embeddings=True) or 256
         user_embeddings = None
         with self._eval_mode():
             for rows, chunk in self._length_groups(batch, chunk_size):
-                states = _last_states(self._encode_events(chunk), chunk.lengths)
+                states = self._encode_last_events(chunk)
                 if user_embeddings is None:
                     user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
                 user_embeddings[rows] = states

@@ -14,6 +14,7 @@ from .modeling_recommender import (
     SequentialRecommenderOutput,
     SequentialRecommenderPreTrainedModel,
     init_default_linear_bias,
+    states_at,
 )
 
 
@@ -47,27 +48,30 @@ class SASRecBlock(GradientCheckpointingLayer):
         )
         self.feed_forward = SASRecFeedForward(config)
 
-    def cached_attention(
+    def block_attention(
         self,
         query: torch.Tensor,
         hidden_states: torch.Tensor,
-        cache: SequentialRecommenderCache,
         block: CachedBlock,
+        cache: SequentialRecommenderCache | None = None,
     ) -> torch.Tensor:
-        """`self_attn(query, x, x)` of a block of the window's tokens (B, P, D) against the whole window: the
-        block's keys and values are written into `cache`, computed from the module's own `in_proj_weight`."""
+        """`self_attn(query, x, x)` of a block of the window's tokens (B, P, D) against the whole window, computed
+        from the module's own `in_proj_weight`. With `cache`, x are the block's tokens, whose keys and values are
+        written into it; without, x (B, T, D) is the whole window."""
         attention = self.self_attn
         batch_size, block_len, _ = query.shape
         num_heads = attention.num_heads
         head_dim = self.hidden_size // num_heads
         biases = (None,) * 3 if attention.in_proj_bias is None else attention.in_proj_bias.chunk(3)
         projections = [
-            F.linear(states, weight, bias).view(batch_size, block_len, num_heads, head_dim).transpose(1, 2)
+            F.linear(states, weight, bias).view(batch_size, -1, num_heads, head_dim).transpose(1, 2)
             for states, weight, bias in zip(
                 (query, hidden_states, hidden_states), attention.in_proj_weight.chunk(3), biases, strict=True
             )
         ]
-        key, value = cache.update(projections[1], projections[2], self.layer_idx, block)  # (B, H, window, d)
+        key, value = projections[1:]
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, block)  # (B, H, window, d)
         attn_output = F.scaled_dot_product_attention(projections[0], key, value, attn_mask=~block.masked_out)
         return attention.out_proj(attn_output.transpose(1, 2).reshape(batch_size, block_len, self.hidden_size))
 
@@ -78,11 +82,15 @@ class SASRecBlock(GradientCheckpointingLayer):
         cache: SequentialRecommenderCache | None = None,
         block: CachedBlock | None = None,
     ) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D); with `cache`, T tokens of the window's `block` (incremental inference)."""
+        """(B, T, D) -> (B, T, D). With `block`, only its P tokens are computed, (B, P, D) (`attention_mask` their
+        (B, P) mask): with `cache` the T tokens are the block's (incremental inference), without it the whole
+        window."""
         seq_len = hidden_states.shape[1]
         query = F.layer_norm(hidden_states, (self.hidden_size,), eps=self.eps)
-        if cache is not None:
-            attn_output = self.cached_attention(query, hidden_states, cache, block)
+        if block is not None:
+            if cache is None:
+                query = states_at(query, block.positions)
+            attn_output = self.block_attention(query, hidden_states, block, cache)
         else:
             causal_block = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).triu(1)
             attn_output, _ = self.self_attn(
@@ -134,6 +142,14 @@ class SASRecModel(SASRecPreTrainedModel):
         for layer in self.layers:
             hidden_states = layer(hidden_states, token_mask)
         return hidden_states
+
+    def encode_last(self, token_embeddings, token_mask, token_timestamps, query_timestamps, num_tokens):
+        """The last block computes each row's last token alone (its query against every key of the row)."""
+        hidden_states = token_embeddings
+        for layer in self.layers[:-1]:
+            hidden_states = layer(hidden_states, token_mask)
+        block = self.last_token_block(num_tokens, token_embeddings.shape[1])
+        return self.layers[-1](hidden_states, block.mask, block=block).squeeze(1)
 
     def encode_cached(self, token_embeddings, block, key_timestamps, query_timestamps, cache) -> torch.Tensor:
         hidden_states = token_embeddings
