@@ -56,14 +56,7 @@ def time_bucket_ids(
         the memory for the whole forward and backward, and the table gather and its gradient's scatter run about
         twice as fast on the CPU.
     """
-    # Times spanning less than 2**31 s give the same integer gaps in int32, at half the memory traffic of int64 (a
-    # data-dependent choice: not while torch.compile or torch.export traces).
-    if query_timestamps.numel() and key_timestamps.numel() and not torch.compiler.is_compiling():
-        low = torch.minimum(query_timestamps.min(), key_timestamps.min())
-        span = torch.maximum(query_timestamps.max(), key_timestamps.max()) - low  # negative if it overflowed
-        if 0 <= span < 2**31:
-            query_timestamps, key_timestamps = (query_timestamps - low).int(), (key_timestamps - low).int()
-    gaps = (query_timestamps.unsqueeze(2) - key_timestamps.unsqueeze(1)).to(torch.float32)  # exact, then rounded
+    gaps = (query_timestamps.unsqueeze(2) - key_timestamps.unsqueeze(1)).to(torch.float32)  # exact in int64, rounded
     # In place on float32, fewest passes (N x N temporaries are the cost): rounding commutes with |.| and max(., 1),
     # and the log is >= 0 (the divisor > 0), so the cast to int32 (truncation) is the floor.
     return gaps.abs_().clamp_(min=1).log_().div_(bucket_divisor).clamp_(max=num_buckets).to(torch.int32)
