@@ -786,9 +786,9 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         r"""
         (batch_size, hidden_size) user embeddings (the `user_embeddings` of `forward`) in eval mode, computed in
         chunks of at most `chunk_size` rows of similar length (default: `group_size_for(device, user_embeddings=True)`,
-        or 256 where that is the whole batch): memory stays bounded and little is spent on padding, whatever the batch. Inputs are those
-        of `forward`; with `cache` they are the new events, appended to the cache in place (rows computed in groups
-        of bounded size, see `_cached_block_groups`).
+        or 256 where that is the whole batch): memory stays bounded and little is spent on padding, whatever the
+        batch. Inputs are those of `forward`; with `cache` they are the new events, appended to the cache in place
+        (rows computed in groups of bounded size, see `_cached_block_groups`).
         """
         if input_ids is None and cache is None:
             raise ValueError("input_ids is required unless cache holds encoded histories.")
