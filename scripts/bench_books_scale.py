@@ -7,9 +7,9 @@ memory of that process alone):
    --shape books``: no header, integer ids; 10M users and 2M items at 100M rows).
 2. ``preprocess``: ``scripts/preprocess.py --dataset amazon-books --memory_budget_mb`` (streamed, with the dataset's
    paper filter).
-3. ``prepare``: a view of the dataset for training (the train split linked, validation and test cut to
+3. ``prepare``: a view of the dataset for training (the train split linked, validation and test cut to blocks of
    ``--eval_users`` rows, so that scoring them over the whole catalogue does not dominate) and a histories file (raw
-   ids) of ``--recommend_users`` users of the test split.
+   ids) of a block of ``--recommend_users`` users of the test split.
 4. ``train``: ``scripts/train.py --preset books-hstu --max_steps 200`` on the view, without validation or
    checkpoints; the best (last) model is saved and scored on the view's test rows, as every run ends.
 5. ``recommend``: ``scripts/recommend.py`` for those users over the whole catalogue (chunked exact top-k).
@@ -69,6 +69,13 @@ def _generate(args: BooksScaleArguments, work: Path) -> None:
     )
 
 
+def _block(num_rows: int, size: int, rng: np.random.Generator) -> range:
+    """A seeded block of ``size`` consecutive rows: a slice of the memory-mapped split (rows picked at random would
+    be taken by concatenating the whole list columns: a copy of the split in memory)."""
+    start = int(rng.integers(0, max(1, num_rows - size + 1)))
+    return range(start, min(num_rows, start + size))
+
+
 def _prepare(args: BooksScaleArguments, work: Path) -> None:
     """The training view of ``work/data`` (``work/view``) and the histories of ``work/histories.parquet``."""
     import datasets
@@ -84,13 +91,11 @@ def _prepare(args: BooksScaleArguments, work: Path) -> None:
     for name in ("train", "item_vocabulary.json", "user_vocabulary.json", "preprocessing.json"):
         (view / name).symlink_to(data / name)
     for split in ("validation", "test"):
-        rows = np.sort(rng.choice(len(splits[split]), min(args.eval_users, len(splits[split])), replace=False))
-        splits[split].select(rows).save_to_disk(view / split)
+        splits[split].select(_block(len(splits[split]), args.eval_users, rng)).save_to_disk(view / split)
     (view / datasets.config.DATASETDICT_JSON_FILENAME).write_text(json.dumps({"splits": list(splits)}))
 
     test = splits["test"]
-    rows = np.sort(rng.choice(len(test), min(args.recommend_users, len(test)), replace=False))
-    histories = test.select(rows).with_format("numpy")
+    histories = test.select(_block(len(test), args.recommend_users, rng)).with_format("numpy")
     item_ids = list(histories["item_ids"])
     lengths = [len(row) for row in item_ids]
     users = UserVocabulary.load(data).decode(histories["user_id"])
