@@ -257,3 +257,27 @@ def test_vocabulary_file_is_the_json_of_its_record(tmp_path, raw_ids):
     path = vocabulary.save(tmp_path)  # written in slices
     assert path.read_text(encoding="utf-8") == json.dumps(vocabulary.to_dict())
     assert UserVocabulary.load(tmp_path) == vocabulary
+
+
+def test_output_shards_hold_record_batches_of_a_budgeted_size(tmp_path, monkeypatch):
+    """Shards are written in few large record batches (reading one back memory-mapped then maps few pages around
+    their headers), not datasets' 1,000 rows per batch."""
+    import hf_hstu.data.streaming as streaming
+
+    path = write_ratings_log(tmp_path / "ratings.csv", 30_000, 3_000, 500, layout="amazon")
+    chunks = InteractionChunks("amazon-books", raw_path=path)
+    config = PreprocessingConfig(paper_filter=None)
+    data = build_sequences_streaming(chunks, tmp_path / "large", config, "amazon-books", memory_budget_mb=64)
+    shard = tmp_path / "large" / "train" / "data-00000-of-00001.arrow"
+    batches = pa.ipc.open_stream(pa.memory_map(str(shard))).read_all().to_batches()
+    assert [batch.num_rows for batch in batches] == [len(data.dataset["train"])]
+    assert len(data.dataset["train"]) > 2_000  # users with >= 3 events: two batches of 1,000 rows, or more, before
+
+    monkeypatch.setattr(streaming, "_BATCH_BYTES", 2**14)
+    chunks = InteractionChunks("amazon-books", raw_path=path)
+    small = build_sequences_streaming(chunks, tmp_path / "small", config, "amazon-books", memory_budget_mb=64)
+    shard = tmp_path / "small" / "train" / "data-00000-of-00001.arrow"
+    batches = pa.ipc.open_stream(pa.memory_map(str(shard))).read_all().to_batches()
+    sizes = [batch.nbytes for batch in batches]
+    assert len(sizes) > 5 and sum(sizes) / len(sizes) <= 2**14  # rows per batch from the average row
+    assert small.dataset["train"].data.table.equals(data.dataset["train"].data.table)

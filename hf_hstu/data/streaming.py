@@ -76,6 +76,8 @@ _BYTES_PER_EVENT = 220
 # A chunk of CSV text costs about 9x its size once parsed and checked (typed columns, pandas frame, check masks):
 # a chunk gets 1/16 of the budget.
 _CHUNK_FACTOR = 16
+# Bytes of a record batch of the output's Arrow shards.
+_BATCH_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +268,9 @@ class _SplitWriter:
         shards.append(self.folder / split / f"shard-{len(shards)}.arrow")
         shards[-1].parent.mkdir(parents=True, exist_ok=True)
         writer = ArrowWriter(path=str(shards[-1]))
-        writer.write_table(table)
+        # record batches of ~_BATCH_BYTES, not datasets' 1,000 rows: reading a memory-mapped shard back maps in the
+        # pages around every batch's header (the kernel's fault-around, 64 KiB), 20% of the file with 1,000 rows
+        writer.write_table(table, writer_batch_size=max(1, table.num_rows * _BATCH_BYTES // max(1, table.nbytes)))
         writer.finalize()
         writer.close()
 

@@ -69,8 +69,9 @@ def synthetic_histories(
 
 
 def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run `command`; its wall-clock seconds and peak resident memory (MiB, of that process alone: `os.wait4`), and
-    its stdout parsed as JSON when it is JSON. A failure raises with the command's stderr."""
+    """Run `command`; its wall-clock seconds, CPU seconds (user + system) and peak resident memory (MiB), of that
+    process alone (`os.wait4`), and its stdout parsed as JSON when it is JSON. A failure raises with the command's
+    stderr."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         start = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr, text=True)
@@ -85,7 +86,12 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict:
         output = json.loads(printed)
     except json.JSONDecodeError:
         output = printed
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "output": output}
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "output": output,
+    }
 
 
 def recall_at_k(exact: str | os.PathLike, approximate: str | os.PathLike) -> float:
