@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from recommender_testing import save_tiny_dataset, tiny_model
@@ -90,6 +92,21 @@ def test_each_metric_by_hand():
     assert list(metrics) == list(EXPECTED)
     for name, value in EXPECTED.items():
         assert metrics[name] == pytest.approx(value, abs=1e-15), name
+
+
+def test_item_popularity_of_an_arrow_column_in_blocks_equals_the_lists(monkeypatch):
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(1, 31, size=rng.integers(0, 12)).tolist() for _ in range(200)]
+    expected = ItemPopularity.from_sequences(sequences, num_items=30)
+    column = pa.chunked_array([pa.array(sequences[:70]), pa.array(sequences[70:])])  # two chunks, 0-length rows
+    monkeypatch.setattr(beyond_accuracy, "_MAX_EVENTS_PER_BLOCK", 16)  # blocks of a few whole sequences
+    for given in (column, column.combine_chunks().slice(0, 200), sequences):
+        blocked = ItemPopularity.from_sequences(given, num_items=30)
+        assert torch.equal(blocked.interactions, expected.interactions)
+        assert torch.equal(blocked.users, expected.users) and blocked.num_users == 200
+    sequences[150] = [3, 31]
+    with pytest.raises(ValueError, match="sequence 150: item id 31 is outside 1..30"):
+        ItemPopularity.from_sequences(pa.chunked_array([pa.array(sequences[:70]), pa.array(sequences[70:])]), 30)
 
 
 def test_rectools_documented_examples():

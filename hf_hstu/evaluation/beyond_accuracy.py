@@ -24,10 +24,12 @@ rounded sum, whatever the order): shards evaluated on different processes merge 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 LIST_METRICS = ("coverage", "full_list_share", "arp", "novelty", "serendipity", "ild")
@@ -35,6 +37,36 @@ POPULARITY_METRICS = ("arp", "novelty", "serendipity")
 FEATURE_METRICS = ("ild",)
 _PER_USER_METRICS = ("arp", "novelty", "serendipity", "ild")
 _MAX_PAIRS_PER_CHUNK = 2**22  # item pairs whose distances are held at once (float64, a few copies): ~100 MB
+_MAX_EVENTS_PER_BLOCK = 2**22  # training events counted at once by `ItemPopularity.from_sequences`: ~100 MB
+
+
+def _sequence_blocks(
+    sequences: Iterable[Sequence[int]] | pa.Array | pa.ChunkedArray, max_events: int = _MAX_EVENTS_PER_BLOCK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(int64 item ids, the length of each sequence) of consecutive whole sequences, about `max_events` ids a block
+    (a longer sequence is a block of its own)."""
+    if isinstance(sequences, (pa.Array, pa.ChunkedArray)):
+        for chunk in sequences.chunks if isinstance(sequences, pa.ChunkedArray) else [sequences]:
+            lengths = pc.fill_null(pc.list_value_length(chunk), 0).to_numpy().astype(np.int64)
+            ends = np.cumsum(lengths)
+            start = 0
+            while start < len(lengths):
+                first_event = ends[start] - lengths[start]
+                stop = max(start + 1, int(np.searchsorted(ends, first_event + max_events, side="right")))
+                ids = pc.list_flatten(chunk.slice(start, stop - start)).to_numpy(zero_copy_only=False)
+                yield ids.astype(np.int64), lengths[start:stop]
+                start = stop
+        return
+    block: list[np.ndarray] = []
+    events = 0
+    for sequence in sequences:
+        block.append(np.asarray(sequence, dtype=np.int64).reshape(-1))
+        events += len(block[-1])
+        if events >= max_events:
+            yield np.concatenate(block), np.array([len(ids) for ids in block], dtype=np.int64)
+            block, events = [], 0
+    if block:
+        yield np.concatenate(block), np.array([len(ids) for ids in block], dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,18 +93,27 @@ class ItemPopularity:
             raise ValueError(f"num_users={self.num_users} must be >= 1 and >= every item's user count")
 
     @classmethod
-    def from_sequences(cls, sequences: Iterable[Sequence[int]], num_items: int) -> ItemPopularity:
-        """Count the events and users of each item in training sequences (one sequence of item ids per user), e.g.
-        `ItemPopularity.from_sequences(dataset["train"]["item_ids"], vocabulary.num_items)`."""
-        sequences = [np.asarray(sequence, dtype=np.int64).reshape(-1) for sequence in sequences]
-        ids = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
-        rows = np.repeat(np.arange(len(sequences)), [len(sequence) for sequence in sequences])  # row of each id
-        bad = np.flatnonzero((ids < 1) | (ids > num_items))
-        if bad.size:
-            raise ValueError(f"sequence {rows[bad[0]]}: item id {ids[bad[0]]} is outside 1..{num_items}")
-        interactions = np.bincount(ids, minlength=num_items + 1)
-        users = np.bincount(np.unique(rows * (num_items + 1) + ids) % (num_items + 1), minlength=num_items + 1)
-        num_users = len(sequences)
+    def from_sequences(
+        cls, sequences: Iterable[Sequence[int]] | pa.Array | pa.ChunkedArray, num_items: int
+    ) -> ItemPopularity:
+        """Count the events and users of each item in training sequences (one sequence of item ids per user): lists,
+        or an Arrow list column, e.g. `dataset["train"].with_format("arrow")["item_ids"]`, read without a Python
+        object per row. Counted in blocks of whole sequences, so memory stays bounded at any number of users."""
+        interactions = np.zeros(num_items + 1, dtype=np.int64)
+        users = np.zeros(num_items + 1, dtype=np.int64)
+        num_users = 0
+        for ids, lengths in _sequence_blocks(sequences):
+            rows = np.repeat(np.arange(len(lengths)), lengths)  # block row of each id
+            bad = np.flatnonzero((ids < 1) | (ids > num_items))
+            if bad.size:
+                raise ValueError(
+                    f"sequence {num_users + rows[bad[0]]}: item id {ids[bad[0]]} is outside 1..{num_items}"
+                )
+            interactions += np.bincount(ids, minlength=num_items + 1)
+            pairs = np.sort(rows * (num_items + 1) + ids)  # (row, item) keys; a sort: numpy's hashed unique is slower
+            distinct = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
+            users += np.bincount(distinct % (num_items + 1), minlength=num_items + 1)
+            num_users += len(lengths)
         return cls(torch.from_numpy(interactions), torch.from_numpy(users), num_users)
 
     @classmethod

@@ -53,7 +53,8 @@ class TrainingData:
 
     def item_popularity(self) -> ItemPopularity:
         """Training popularity of each item (the train split's events and users), for ARP, novelty, serendipity."""
-        return ItemPopularity.from_sequences(self.splits["train"]["item_ids"], self.vocabulary.num_items)
+        train_item_ids = self.splits["train"].with_format("arrow")["item_ids"]  # no Python list per user
+        return ItemPopularity.from_sequences(train_item_ids, self.vocabulary.num_items)
 
     @property
     def protocol_text(self) -> str:
