@@ -566,10 +566,12 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         target_timestamps,
         ratings,
         cache: SequentialRecommenderCache,
+        last_only: bool = False,
     ) -> tuple[EventBatch, torch.Tensor, torch.Tensor]:
         """Append the new events to `cache` and compute the events they change: (the new events as an `EventBatch`,
         (B, P, D) post-processed states of each row's computed events, right-padded, the new ones last, (B,) how
-        many events of each row were computed)."""
+        many events of each row were computed). With `last_only` (user embeddings) a row whose window slid gets
+        only its last event's state (`_encode_last_events`), the other places left zero."""
         if self.training:
             raise ValueError(
                 "use_cache and cache are for inference: call model.eval() first (training encodes whole histories, "
@@ -609,6 +611,10 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
             for rows in groups:
                 target = None if new.target_timestamps is None else new.target_timestamps[rows]
                 rows_step = step.select(rows)
+                if rows_step.slid.any() and last_only:  # (G, D) the last event of each window
+                    states = self._last_event_states(_window_batch(rows_step, target))
+                    event_states[rows, rows_step.lengths - 1] = states
+                    continue
                 if rows_step.slid.any():  # (G, W, D) the whole windows
                     states = self._encode_in_length_groups(_window_batch(rows_step, target))
                 else:  # (G, P_g, D) the blocks
@@ -795,18 +801,23 @@ class SequentialRecommenderPreTrainedModel(PreTrainedModel):
         if cache is not None:
             with self._eval_mode():
                 _, event_states, block_events = self._encode_with_cache(
-                    input_ids, attention_mask, timestamps, target_timestamps, ratings, cache
+                    input_ids, attention_mask, timestamps, target_timestamps, ratings, cache, last_only=True
                 )
             return _last_states(event_states, block_events)
         batch = self._prepare_batch(input_ids, attention_mask, timestamps, None, target_timestamps, ratings)
-        chunk_size = chunk_size or self.group_size_for(batch.input_ids.device, user_embeddings=True) or 256
-        user_embeddings = None
         with self._eval_mode():
-            for rows, chunk in self._length_groups(batch, chunk_size):
-                states = self._encode_last_events(chunk)
-                if user_embeddings is None:
-                    user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
-                user_embeddings[rows] = states
+            return self._last_event_states(batch, chunk_size)
+
+    def _last_event_states(self, batch: EventBatch, group_size: int | None = None) -> torch.Tensor:
+        """(B, D) `_encode_last_events` of a batch, in length groups of `group_size` rows (default: those of
+        `embed_users`, or 256 where that is the whole batch)."""
+        group_size = group_size or self.group_size_for(batch.input_ids.device, user_embeddings=True) or 256
+        user_embeddings = None
+        for rows, group in self._length_groups(batch, group_size):
+            states = self._encode_last_events(group)
+            if user_embeddings is None:
+                user_embeddings = states.new_empty(batch.input_ids.shape[0], states.shape[-1])
+            user_embeddings[rows] = states
         return user_embeddings
 
     @contextlib.contextmanager
