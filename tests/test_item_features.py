@@ -169,8 +169,16 @@ def test_preprocess_saves_the_item_table_beside_the_splits(tmp_path, save_format
     assert load_item_features(tmp_path) is None
     command = preprocessing_command(data.metadata)
     assert "--item_table ITEM_TABLE --item_table_id_col item_id --item_feature_cols parity,tags" in command
-    with pytest.raises(ValueError, match="does not build item tables yet"):  # never silently without features
-        preprocess("csv", tmp_path / "streamed", raw_path=interactions, item_table=items_config, memory_budget_mb=8)
+    streamed = preprocess(
+        "csv",
+        tmp_path / "streamed",
+        raw_path=interactions,
+        item_table=items_config,
+        memory_budget_mb=8,
+        save_format=save_format,
+    )
+    assert streamed.metadata["item_features"] == data.metadata["item_features"]
+    assert load_item_features(tmp_path / "streamed").to_list() == items.to_list() == streamed.item_features.to_list()
 
 
 def test_preprocess_reads_movielens_genres_beside_the_ratings(tmp_path):
@@ -382,6 +390,14 @@ def test_items_only_in_the_item_table_join_the_catalogue_as_cold_start_items(tmp
     for split in ("train", "validation", "test"):
         assert data.dataset[split]["item_ids"] == plain.dataset[split]["item_ids"]
     assert "--add_item_table_items true" in preprocessing_command(data.metadata)
+    streamed = preprocess(
+        "csv", tmp_path / "streamed", raw_path=interactions, item_table=items_config, memory_budget_mb=8
+    )
+    assert streamed.item_vocabulary == data.item_vocabulary and streamed.metadata["num_items"] == len(
+        data.item_vocabulary
+    )
+    assert ItemVocabulary.load(tmp_path / "streamed") == data.item_vocabulary
+    assert load_item_features(tmp_path / "streamed").to_list() == data.item_features.to_list()
     with pytest.raises(ValueError, match="ids do not match the interactions' item ids"):
         items_config.item_table = str(tmp_path / "string_ids.csv")
         (tmp_path / "string_ids.csv").write_text("item_id,parity,tags\nx,odd,t1\n3,odd,t1\n")

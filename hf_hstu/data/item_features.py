@@ -326,30 +326,46 @@ def attach_item_features(
     cache_dir: PathLike | None = None,
 ) -> None:
     """Build the item table of ``data``'s vocabulary from ``config`` and keep it in ``data.item_features`` (saved
-    beside the splits), with its summary in ``data.metadata["item_features"]``. A MovieLens ratings file given as
-    ``raw_path`` is looked up beside its movie file. With ``config.add_item_table_items`` the vocabulary first gains
-    the table's items that it lacks (`ItemVocabulary.extended`: the sequences' indices do not change)."""
+    beside the splits), with its summary in ``data.metadata["item_features"]`` (see :func:`item_features_for`)."""
+    data.item_features, data.item_vocabulary = item_features_for(
+        data.item_vocabulary, data.metadata, dataset, config, raw_dir, raw_path, cache_dir
+    )
+
+
+def item_features_for(
+    vocabulary: ItemVocabulary,
+    metadata: dict,
+    dataset: str,
+    config: ItemTableConfig,
+    raw_dir: PathLike | None = None,
+    raw_path: object = None,
+    cache_dir: PathLike | None = None,
+) -> tuple[datasets.Dataset, ItemVocabulary]:
+    """(The item table of the vocabulary, the vocabulary) from ``config``, its summary recorded in
+    ``metadata["item_features"]``. A MovieLens ratings file given as ``raw_path`` is looked up beside its movie file.
+    With ``config.add_item_table_items`` the vocabulary first gains the table's items that it lacks
+    (`ItemVocabulary.extended`: the sequences' indices do not change) and ``metadata["num_items"]`` follows."""
     if raw_dir is None and isinstance(raw_path, (str, Path)):
         raw_dir = Path(raw_path).parent
     table = load_item_table(dataset, config, raw_dir, cache_dir)
     added = 0
     if config.add_item_table_items:
         try:
-            vocabulary = data.item_vocabulary.extended(table["item_id"].to_numpy())
+            extended = vocabulary.extended(table["item_id"].to_numpy())
         except TypeError as error:
             raise ValueError(
                 f"{config.item_table}: its {config.item_table_id_col} ids do not match the "
                 f"interactions' item ids ({error})"
             ) from None
-        added = len(vocabulary) - len(data.item_vocabulary)
-        data.item_vocabulary = vocabulary
-        data.metadata["num_items"] = len(vocabulary)
-    items, summary = build_item_features(table, data.item_vocabulary)
-    data.item_features = items
-    data.metadata["item_features"] = {
+        added = len(extended) - len(vocabulary)
+        vocabulary = extended
+        metadata["num_items"] = len(vocabulary)
+    items, summary = build_item_features(table, vocabulary)
+    metadata["item_features"] = {
         "source": config.item_table if config.item_table == "genres" else Path(config.item_table).name,
         "id_col": config.item_table_id_col,
         "separator": config.item_feature_separator,
         "items_only_in_item_table": added,
         **summary,
     }
+    return items, vocabulary

@@ -51,7 +51,7 @@ from datasets.table import InMemoryTable
 from ..progress import progress, quiet_library_progress_bars
 from ._segments import concat_ranges, offsets_from_lengths
 from .download import staging_dir_beside
-from .item_features import ItemTableConfig, attach_item_features, save_item_features
+from .item_features import ItemTableConfig, attach_item_features, item_features_for, save_item_features
 from .sources import (
     Errors,
     InteractionChunks,
@@ -628,11 +628,6 @@ def preprocess(
 
         if output_dir is None:
             raise ValueError("streaming preprocessing (memory_budget_mb) writes its result to output_dir: pass one")
-        if item_table is not None and item_table.item_table is not None:
-            raise ValueError(
-                "streaming preprocessing (memory_budget_mb) does not build item tables yet: preprocess without "
-                "memory_budget_mb to keep the item features"
-            )
         chunks = InteractionChunks(
             dataset, **reading, chunk_bytes=StreamingBudget.from_megabytes(memory_budget_mb).chunk_bytes
         )
@@ -644,6 +639,16 @@ def preprocess(
             memory_budget_mb=memory_budget_mb,
             save_format=save_format,
             overwrite=overwrite,
+            item_table=None
+            if item_table is None or item_table.item_table is None
+            else functools.partial(
+                item_features_for,
+                dataset=dataset,
+                config=item_table,
+                raw_dir=raw_dir,
+                raw_path=raw_path,
+                cache_dir=cache_dir,
+            ),
         )
         if push_to_hub:
             data.push_to_hub(push_to_hub, private=private)

@@ -46,6 +46,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from ..progress import quiet_library_progress_bars
 from .download import staging_dir_beside
+from .item_features import save_item_features
 from .preprocessing import (
     _MIN_EVENTS,
     METADATA_FILE,
@@ -318,13 +319,16 @@ def build_sequences_streaming(
     save_format: Literal["arrow", "parquet"] = "arrow",
     overwrite: bool = False,
     timings: dict[str, float] | None = None,
+    item_table: Callable[[ItemVocabulary, dict], tuple[datasets.Dataset, ItemVocabulary]] | None = None,
 ) -> SequenceData:
     """Build the sequences of :func:`~hf_hstu.data.preprocessing.build_sequences` from ``chunks`` (an
     :class:`~hf_hstu.data.sources.InteractionChunks`) in bounded memory and save them to ``output_dir`` (atomically,
     as :meth:`SequenceData.save` does); the returned dataset is read back from there, memory-mapped.
 
     ``timings``, when given, receives the seconds of each pass (read, partition, filter, write) and the peak RSS at
-    its end, for benchmarks.
+    its end, for benchmarks. ``item_table`` (the item vocabulary, the metadata) -> (the item table, the item
+    vocabulary), e.g. :func:`~hf_hstu.data.item_features.item_features_for` with its source bound, builds the item
+    table saved beside the splits (it holds one row per item, not per event: it fits in memory).
     """
     config = config or PreprocessingConfig()
     budget = StreamingBudget.from_megabytes(memory_budget_mb)
@@ -337,8 +341,14 @@ def build_sequences_streaming(
             metadata, vocabularies = _stream(
                 chunks, Path(work), staging, config, dataset_name, budget, save_format, _Clock(timings)
             )
-        for vocabulary in vocabularies:
-            vocabulary.save(staging)
+        item_vocabulary, user_vocabulary = vocabularies
+        items = None
+        if item_table is not None:
+            items, item_vocabulary = item_table(item_vocabulary, metadata)
+            with quiet_library_progress_bars():
+                save_item_features(items, staging, save_format)
+        item_vocabulary.save(staging)
+        user_vocabulary.save(staging)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
         _install(staging, output)
     finally:
@@ -346,7 +356,7 @@ def build_sequences_streaming(
             shutil.rmtree(staging)
     with quiet_library_progress_bars():
         dataset = load_sequences(output)
-    return SequenceData(dataset, *vocabularies, metadata)
+    return SequenceData(dataset, item_vocabulary, user_vocabulary, metadata, items)
 
 
 def _stream(
